@@ -1,0 +1,4 @@
+//! The controller: a pure state machine (`machine`) between the code that observes the
+//! cluster and the code that acts on it.
+
+pub mod workload;

@@ -1,0 +1,2 @@
+//! The target workload and its `-primary` copy: readiness, revision checksums, config
+//! tracking, promotion and scaling.

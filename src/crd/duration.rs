@@ -1,0 +1,99 @@
+//! Go-style durations (`500ms`, `30s`, `1m30s`, `2h`), as Flagger users write them.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot parse duration {input:?}: {why}")]
+pub struct DurationError {
+    pub input: String,
+    pub why: &'static str,
+}
+
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    let err = |why| DurationError {
+        input: input.to_string(),
+        why,
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| err("missing unit (use ms, s, m or h)"))?;
+        if num_len == 0 {
+            return Err(err("expected a number"));
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err("bad number"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "ns" => value / 1e9,
+            "us" | "µs" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(err("unknown unit (use ms, s, m or h)")),
+        };
+        total += Duration::from_secs_f64(secs);
+    }
+    Ok(total)
+}
+
+/// Formats as Prometheus range notation (`1m`, `30s`, `1500ms`).
+pub fn prometheus_range(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        let cases = [
+            ("1m", 60_000),
+            ("30s", 30_000),
+            ("1m30s", 90_000),
+            ("500ms", 500),
+            ("2h", 7_200_000),
+            ("1.5s", 1500),
+            ("0", 0),
+        ];
+        for (input, ms) in cases {
+            assert_eq!(parse_duration(input).unwrap().as_millis(), ms, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for input in ["", "abc", "10", "5 minutes", "1x", "m"] {
+            assert!(parse_duration(input).is_err(), "{input} should fail");
+        }
+    }
+
+    #[test]
+    fn prometheus_ranges() {
+        assert_eq!(prometheus_range(Duration::from_secs(60)), "1m");
+        assert_eq!(prometheus_range(Duration::from_secs(10)), "10s");
+        assert_eq!(prometheus_range(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,50 @@
+//! `MetricTemplate`: a reusable query against a metrics provider.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::canary::SecretRef;
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "serin.dev",
+    version = "v1beta1",
+    kind = "MetricTemplate",
+    namespaced,
+    derive = "PartialEq",
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider.type")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTemplateSpec {
+    pub provider: MetricProvider,
+    /// Query text; `{{ name }}`, `{{ namespace }}`, `{{ target }}`, `{{ service }}`,
+    /// `{{ ingress }}`, `{{ route }}`, `{{ interval }}` and `{{ variables.KEY }}` are
+    /// replaced before it is sent.
+    pub query: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricProvider {
+    /// `prometheus` (also Thanos, Mimir, VictoriaMetrics). Flagger's other provider
+    /// types are accepted and reported as unsupported.
+    pub r#type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    /// Secret with `username`/`password` (basic auth) or `token` (bearer), and
+    /// optionally `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// Serin extension: query timeout, e.g. `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}

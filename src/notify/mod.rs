@@ -1,0 +1,1 @@
+//! Alerts to chat systems and generic webhooks (`AlertProvider`).
