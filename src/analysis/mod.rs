@@ -41,14 +41,23 @@ pub struct AnalysisCtx {
 }
 
 /// Runs every metric of `spec.analysis.metrics` concurrently, each with its own timeout.
-pub async fn run_metric_checks(ctx: &AnalysisCtx, canary: &Canary, settings: &Settings) -> Vec<CheckStatus> {
+pub async fn run_metric_checks(
+    ctx: &AnalysisCtx,
+    canary: &Canary,
+    settings: &Settings,
+) -> Vec<CheckStatus> {
     let _ = (ctx, canary, settings);
     todo!("analysis helper")
 }
 
 /// Calls the Canary's webhooks of `kind` (retries and timeouts per webhook). A
 /// webhook passes when it answers 2xx.
-pub async fn run_webhooks(ctx: &AnalysisCtx, canary: &Canary, kind: WebhookType, phase: Phase) -> Vec<CheckStatus> {
+pub async fn run_webhooks(
+    ctx: &AnalysisCtx,
+    canary: &Canary,
+    kind: WebhookType,
+    phase: Phase,
+) -> Vec<CheckStatus> {
     let _ = (ctx, canary, kind, phase);
     todo!("analysis helper")
 }

@@ -30,15 +30,58 @@ pub const DEFAULT_SESSION_COOKIE_MAX_AGE: i64 = 86400;
     derive = "PartialEq",
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.canaryWeight"),
-    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", priority = "1"),
-    printcolumn(name = "FailedChecks", type_ = "integer", json_path = ".status.failedChecks"),
-    printcolumn(name = "Interval", type_ = "string", json_path = ".spec.analysis.interval", priority = "1"),
-    printcolumn(name = "Mirror", type_ = "boolean", json_path = ".spec.analysis.mirror", priority = "1"),
-    printcolumn(name = "StepWeight", type_ = "string", json_path = ".spec.analysis.stepWeight", priority = "1"),
-    printcolumn(name = "StepWeights", type_ = "string", json_path = ".spec.analysis.stepWeights", priority = "1"),
-    printcolumn(name = "MaxWeight", type_ = "string", json_path = ".spec.analysis.maxWeight", priority = "1"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
-    printcolumn(name = "LastTransitionTime", type_ = "string", json_path = ".status.lastTransitionTime")
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "FailedChecks",
+        type_ = "integer",
+        json_path = ".status.failedChecks"
+    ),
+    printcolumn(
+        name = "Interval",
+        type_ = "string",
+        json_path = ".spec.analysis.interval",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Mirror",
+        type_ = "boolean",
+        json_path = ".spec.analysis.mirror",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "StepWeight",
+        type_ = "string",
+        json_path = ".spec.analysis.stepWeight",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "StepWeights",
+        type_ = "string",
+        json_path = ".spec.analysis.stepWeights",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "MaxWeight",
+        type_ = "string",
+        json_path = ".spec.analysis.maxWeight",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "LastTransitionTime",
+        type_ = "string",
+        json_path = ".status.lastTransitionTime"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -482,7 +525,20 @@ pub struct CanaryAlert {
     pub provider_ref: TemplateRef,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum WebhookType {
     /// Flagger treats an empty type as `rollout`.
@@ -535,7 +591,11 @@ pub struct CanaryWebhook {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mute_alert: Option<bool>,
-    #[serde(default, rename = "disableTLS", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "disableTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disable_tls: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
@@ -671,6 +731,12 @@ pub struct CanaryStatus {
     /// Serin extension: the value of the `serin.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retry: Option<String>,
+    /// Serin extension: why the release is holding (waiting for readiness, for data, for
+    /// a gate), and since when (RFC 3339); a hold longer than the progress deadline fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_since: Option<String>,
     /// Serin extension: the router's report on whether the data plane accepted the routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_message: Option<String>,

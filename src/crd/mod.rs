@@ -30,7 +30,8 @@ pub const MANAGED_BY: &str = "serin";
 pub const CANARY_ANNOTATION: &str = "serin.dev/canary";
 
 /// Every CRD Serin serves, in the order `serin crds` prints them.
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     vec![Canary::crd(), MetricTemplate::crd(), AlertProvider::crd()]
 }
@@ -96,7 +97,10 @@ mod tests {
     #[test]
     fn crds_are_structural_and_named() {
         let crds = all_crds();
-        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap_or_default())
+            .collect();
         assert_eq!(
             names,
             [
