@@ -111,6 +111,8 @@ pub struct Decision {
     pub requeue_after: Duration,
 }
 
+// One Step lives per tick; boxing the decision would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     NeedChecks(CheckPlan),
