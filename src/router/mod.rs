@@ -4,12 +4,35 @@
 //! Every Canary gets the `kubernetes` router's Services (apex, `-primary`, `-canary`);
 //! a mesh or gateway router then adds its own objects on top, as Flagger does.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
 use k8s_openapi::api::core::v1::ContainerPort;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::GroupVersionKind;
 
-use crate::crd::{Canary, Provider};
+use crate::crd::{
+    CANARY_ANNOTATION, Canary, CanaryService, CustomMetadata, MANAGED_BY, MANAGED_BY_LABEL,
+    Provider, SessionAffinity,
+};
+
+pub mod apply;
+pub mod gatewayapi;
+pub mod istio;
+pub mod kubernetes;
+pub mod nginx;
+pub mod smi;
+pub mod traefik;
+
+pub use gatewayapi::GatewayApiRouter;
+pub use istio::IstioRouter;
+pub use kubernetes::KubernetesRouter;
+pub use nginx::NginxRouter;
+pub use smi::SmiRouter;
+pub use traefik::TraefikRouter;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -164,11 +187,253 @@ pub struct RoutingApis {
     pub traefik: bool,
     /// SMI split.smi-spec.io versions served.
     pub smi_versions: Vec<String>,
+    /// networking.istio.io version to write VirtualServices/DestinationRules with
+    /// (`v1` or `v1beta1`); `None` with `istio` means `v1beta1`.
+    pub istio_version: Option<String>,
+    /// Whether the installed HTTPRoute schema has `requestMirror.percent` (Gateway API
+    /// >= 1.2); without it the field would be pruned and every compare would differ.
+    pub gateway_mirror_percent: bool,
+    /// Whether the installed HTTPRoute schema has `rules[].timeouts` (standard channel
+    /// >= 1.2, experimental before); without it `service.timeout` is not written.
+    pub gateway_timeouts: bool,
+}
+
+impl RoutingApis {
+    /// Everything served at its newest version: for unit tests and for callers that
+    /// cannot run discovery.
+    pub fn all() -> RoutingApis {
+        RoutingApis {
+            httproute_version: Some("v1".into()),
+            grpcroute_version: Some("v1".into()),
+            istio: true,
+            traefik: true,
+            smi_versions: vec!["v1alpha1".into(), "v1alpha2".into(), "v1alpha3".into()],
+            istio_version: Some("v1beta1".into()),
+            gateway_mirror_percent: true,
+            gateway_timeouts: true,
+        }
+    }
+}
+
+/// Finds which routing APIs the cluster serves. A group that is absent (or that the
+/// operator may not list) is recorded as not served rather than failing start-up: the
+/// routers then report `MissingCrd` for the Canaries that need it, and other Canaries
+/// are unaffected.
+pub async fn discover(client: &kube::Client) -> RoutingApis {
+    use kube::discovery::oneshot;
+    let mut apis = RoutingApis::default();
+    let kinds_of = |g: &kube::discovery::ApiGroup| -> Vec<(String, String)> {
+        g.versions()
+            .flat_map(|v| {
+                g.versioned_resources(v)
+                    .into_iter()
+                    .map(|(ar, _)| (ar.version.clone(), ar.kind.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // Newest first: the first served version wins.
+    let pick = |kinds: &[(String, String)], kind: &str, order: &[&str]| -> Option<String> {
+        order
+            .iter()
+            .find(|v| kinds.iter().any(|(kv, k)| kv == *v && k == kind))
+            .map(|v| v.to_string())
+    };
+    if let Ok(g) = oneshot::group(client, gatewayapi::GROUP).await {
+        let kinds = kinds_of(&g);
+        apis.httproute_version = pick(&kinds, "HTTPRoute", &["v1", "v1beta1"]);
+        apis.grpcroute_version = pick(&kinds, "GRPCRoute", &["v1", "v1alpha2"]);
+        let (percent, timeouts) = gatewayapi::crd_features(client).await;
+        apis.gateway_mirror_percent = percent;
+        apis.gateway_timeouts = timeouts;
+    }
+    if let Ok(g) = oneshot::group(client, istio::GROUP).await {
+        let kinds = kinds_of(&g);
+        apis.istio_version = pick(&kinds, "VirtualService", &["v1", "v1beta1"]);
+        apis.istio = apis.istio_version.is_some();
+    }
+    if let Ok(g) = oneshot::group(client, traefik::GROUP).await {
+        apis.traefik = kinds_of(&g).iter().any(|(_, k)| k == "TraefikService");
+    }
+    if let Ok(g) = oneshot::group(client, smi::GROUP).await {
+        let kinds = kinds_of(&g);
+        for v in ["v1alpha1", "v1alpha2", "v1alpha3"] {
+            if kinds.iter().any(|(kv, k)| kv == v && k == "TrafficSplit") {
+                apis.smi_versions.push(v.to_string());
+            }
+        }
+    }
+    apis
 }
 
 /// Builds the router for `provider`. Each returned router owns the apex/primary/canary
 /// Services through the embedded kubernetes router.
 pub fn router_for(provider: Provider, client: kube::Client, apis: &RoutingApis) -> Box<dyn Router> {
-    let _ = (provider, client, apis);
-    todo!("implemented by the router adapters")
+    match provider {
+        Provider::Kubernetes => Box::new(KubernetesRouter::new(client, true)),
+        Provider::GatewayApiV1 | Provider::GatewayApiV1beta1 => {
+            Box::new(GatewayApiRouter::new(client, apis.clone(), false))
+        }
+        Provider::Linkerd => Box::new(GatewayApiRouter::new(client, apis.clone(), true)),
+        Provider::Istio => Box::new(IstioRouter::new(client, apis.clone(), ())),
+        Provider::Traefik => Box::new(TraefikRouter::new(client, apis.clone(), ())),
+        Provider::Smi(v) => Box::new(SmiRouter::new(client, apis.clone(), v)),
+        Provider::Nginx => Box::new(NginxRouter::new(client, (), ())),
+    }
+}
+
+// ---- helpers shared by the adapters ----
+
+pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+pub(crate) fn service_spec(canary: &Canary) -> Result<&CanaryService, RouterError> {
+    canary
+        .spec
+        .service
+        .as_ref()
+        .ok_or_else(|| RouterError::InvalidRoute("spec.service is required".into()))
+}
+
+/// Labels and annotations for an object generated for `canary`: the user's custom
+/// metadata for that object, minus the keys declared unmanaged, plus Serin's markers.
+pub(crate) fn generated_metadata(
+    canary: &Canary,
+    custom: Option<&CustomMetadata>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let unmanaged = canary
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.unmanaged_metadata.as_ref());
+    let skip_labels: Vec<String> = unmanaged
+        .and_then(|u| u.labels.clone())
+        .unwrap_or_default();
+    let skip_ann: Vec<String> = unmanaged
+        .and_then(|u| u.annotations.clone())
+        .unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = custom
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !skip_labels.contains(k))
+        .collect();
+    let mut annotations: BTreeMap<String, String> = custom
+        .and_then(|c| c.annotations.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !skip_ann.contains(k))
+        .collect();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    annotations.insert(CANARY_ANNOTATION.into(), canary.name_str().into());
+    (labels, annotations)
+}
+
+/// Controller owner reference to the Canary, so generated objects are garbage-collected
+/// with it. `None` for a Canary that has no uid yet (unit tests).
+pub(crate) fn owner_ref(canary: &Canary) -> Option<OwnerReference> {
+    canary.controller_owner_ref(&())
+}
+
+/// A generated object with Serin's metadata and `data` (spec etc.).
+pub(crate) fn generated_object(
+    canary: &Canary,
+    ar: &ApiResource,
+    name: &str,
+    custom: Option<&CustomMetadata>,
+    data: serde_json::Value,
+) -> DynamicObject {
+    let (labels, annotations) = generated_metadata(canary, custom);
+    let mut obj = DynamicObject::new(name, ar)
+        .within(&canary.namespace_or_default())
+        .data(data);
+    obj.metadata.labels = Some(labels);
+    obj.metadata.annotations = Some(annotations);
+    obj.metadata.owner_references = owner_ref(canary).map(|o| vec![o]);
+    obj
+}
+
+/// Fails before any write when the routing API the provider needs is not served.
+pub(crate) fn require(
+    served: bool,
+    provider: &'static str,
+    group: &str,
+    kind: &str,
+) -> Result<(), RouterError> {
+    if served {
+        Ok(())
+    } else {
+        Err(RouterError::MissingCrd {
+            provider,
+            group: group.into(),
+            kind: kind.into(),
+        })
+    }
+}
+
+/// The value of the session-affinity cookie (`name=value`) for the current canary run:
+/// the one recorded in the Canary status, or else one derived from the Canary's
+/// identity and the revision under analysis. Deriving it (instead of Flagger's random
+/// value stored by the router) keeps routers free of status writes and makes a re-render
+/// produce the same cookie; the controller may store it in `status.sessionAffinityCookie`.
+pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
+    let status = canary.status_or_default();
+    if let Some(c) = status.session_affinity_cookie.filter(|c| !c.is_empty()) {
+        return c;
+    }
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(canary.namespace_or_default().as_bytes());
+    h.update(b"/");
+    h.update(canary.name_str().as_bytes());
+    h.update(b"/");
+    h.update(canary.metadata.uid.as_deref().unwrap_or("").as_bytes());
+    h.update(b"/");
+    h.update(status.last_applied_spec.as_deref().unwrap_or("").as_bytes());
+    format!("{}={}", affinity.cookie_name, hex::encode(&h.finalize()[..10]))
+}
+
+/// `Set-Cookie` value for `cookie` (`name=value`) with the attributes the user set,
+/// as Flagger's `BuildCookie` does.
+pub(crate) fn build_set_cookie(cookie: &str, a: &SessionAffinity, max_age: i64) -> String {
+    let mut out = format!("{cookie}; Max-Age={max_age}");
+    if let Some(d) = &a.domain {
+        out.push_str(&format!("; Domain={d}"));
+    }
+    if a.http_only == Some(true) {
+        out.push_str("; HttpOnly");
+    }
+    if a.partitioned == Some(true) {
+        out.push_str("; Partitioned");
+    }
+    if let Some(p) = &a.path {
+        out.push_str(&format!("; Path={p}"));
+    }
+    if let Some(s) = &a.same_site {
+        out.push_str(&format!("; SameSite={s}"));
+    }
+    if a.secure == Some(true) {
+        out.push_str("; Secure");
+    }
+    out
+}
+
+/// Regex matching a `Cookie` request header that carries `cookie` (`name=value`).
+pub(crate) fn cookie_regex(cookie: &str) -> String {
+    let (k, v) = cookie.split_once('=').unwrap_or((cookie, ""));
+    format!(".*{k}.*{v}.*")
+}
+
+/// Splits a ±100 total read back from a data plane into `Routes`, rejecting splits that
+/// do not add up so that a hand-edited object is reported rather than trusted.
+pub(crate) fn routes_from(primary: u32, canary: u32, mirror: bool, mirror_weight: Option<u32>) -> Result<Routes, RouterError> {
+    let r = Routes {
+        primary,
+        canary,
+        mirror,
+        mirror_weight,
+    };
+    r.validate()?;
+    Ok(r)
 }

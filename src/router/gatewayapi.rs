@@ -1,0 +1,1372 @@
+//! Gateway API router (providers `gatewayapi:v1`, `gatewayapi:v1beta1`, `linkerd`).
+//!
+//! **Generated mode** (no `routeRef`): one route named after the apex Service, owned by
+//! the Canary. It is an `HTTPRoute`, or a `GRPCRoute` when `service.appProtocol` is
+//! `grpc`/`grpcs` (the appProtocol Kubernetes and meshes use for gRPC; GRPCRoute gets
+//! header matches and header/mirror filters only, as it has no paths, rewrites or
+//! timeouts). Its spec:
+//! - `parentRefs` from `service.gatewayRefs` (a Gateway, or a Service for GAMMA meshes);
+//!   for `linkerd` with no gatewayRefs, the apex Service itself (group `core`, kind
+//!   `Service`, the service port), which is how Linkerd attaches routes to a Service.
+//! - `hostnames` from `service.hosts`; matches from `service.match` (uri exact/prefix/
+//!   regex, headers, method, query params; default `PathPrefix /`).
+//! - filters: request/response header modifiers from `service.headers`, URLRewrite from
+//!   `service.rewrite` (`ReplacePrefixMatch` unless `type: ReplaceFullPath`),
+//!   RequestMirror for each `service.mirror` backend; `timeouts.request` from
+//!   `service.timeout` when the installed schema has timeouts.
+//! - the weighted rule: backendRefs `<apex>-primary` and `<apex>-canary` with explicit
+//!   `group: ""`, `kind: Service`, the service port, and the weights.
+//! - A/B (`analysis.match`): one rule per entry (merged with each `service.match`) with
+//!   the weighted backendRefs, and a default rule to the primary only.
+//! - session affinity: the canary backendRef sets `Set-Cookie: <cookie>; Max-Age=..`
+//!   via a ResponseHeaderModifier and a rule matching `Cookie: .*name.*value.*` sends
+//!   the session to the canary; at canary weight 0 a rule expires the previous cookie.
+//! - mirror steps: a RequestMirror filter to `<apex>-canary` on the weighted rule, with
+//!   `percent` = mirrorWeight when the installed schema has it (Gateway API >= 1.2).
+//!
+//! **routeRef mode** (Serin extension, Flagger issues #1857 and #1888): the user owns
+//! the HTTPRoute/GRPCRoute named by `spec.routeRef`. Serin edits only the backendRefs
+//! of the rules that reference the apex Service: that backendRef becomes a weighted
+//! `-primary`/`-canary` pair (copy of it: port, filters and any other field kept), and
+//! mirror steps add/remove one RequestMirror filter pointing at `<apex>-canary`. Every
+//! other rule, filter, annotation and field is written back exactly as read. The route
+//! is never created, owned, labelled or deleted by Serin; `finalize` restores the apex
+//! backendRef. A/B matches and session affinity need rules of their own and are
+//! refused in this mode.
+//!
+//! `verify` reads `status.parents[].conditions`: Accepted=True at the route's current
+//! generation for every parent. Implementations that write no route status (Traefik
+//! 3.0.4) yield `RouteStatus::Unknown`, which the controller shows but does not fail on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::apply;
+use super::kubernetes::KubernetesRouter;
+use super::{
+    BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs,
+    api_resource, build_set_cookie, cookie_regex, generated_object, require, routes_from,
+    service_spec, session_cookie,
+};
+use crate::crd::{
+    AbMatch, Canary, DEFAULT_SESSION_COOKIE_MAX_AGE, HttpMatchRequest, ParentReference,
+    StringMatch,
+};
+
+pub const GROUP: &str = "gateway.networking.k8s.io";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn kind(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+    fn plural(self) -> &'static str {
+        match self {
+            RouteKind::Http => "httproutes",
+            RouteKind::Grpc => "grpcroutes",
+        }
+    }
+}
+
+// ---- typed subset of the Gateway API route schema that Serin renders ----
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<TypedValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<NamedMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<NamedMatch>,
+    /// HTTPRoute: an HTTP method string; GRPCRoute: a method match object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TypedValue {
+    pub r#type: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct NamedMatch {
+    pub r#type: String,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    pub r#type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<Mirror>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub backend_ref: BackendRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+}
+
+/// A Service backendRef with the explicit group and kind some implementations need
+/// (Traefik skips a backendRef whose group is unset).
+fn service_ref(name: &str, port: i32, weight: Option<u32>) -> BackendRef {
+    BackendRef {
+        group: Some(String::new()),
+        kind: Some("Service".into()),
+        name: name.into(),
+        port: Some(port),
+        weight,
+        ..Default::default()
+    }
+}
+
+/// Schema features of the installed Gateway API that change what may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderOptions {
+    pub kind: RouteKind,
+    pub mirror_percent: bool,
+    pub timeouts: bool,
+    pub linkerd: bool,
+}
+
+// ---- match conversion (Istio-style HTTPMatchRequest -> Gateway API) ----
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// (type, value) for a header or query match; prefix/suffix become anchored regexes.
+fn string_match(field: &str, m: &StringMatch) -> Result<(String, String), RouterError> {
+    if let Some(v) = &m.exact {
+        Ok(("Exact".into(), v.clone()))
+    } else if let Some(v) = &m.regex {
+        Ok(("RegularExpression".into(), v.clone()))
+    } else if let Some(v) = &m.prefix {
+        Ok(("RegularExpression".into(), format!("^{}.*", regex_escape(v))))
+    } else if let Some(v) = &m.suffix {
+        Ok(("RegularExpression".into(), format!(".*{}$", regex_escape(v))))
+    } else {
+        Err(RouterError::InvalidRoute(format!(
+            "{field}: a match needs one of exact, prefix, suffix or regex"
+        )))
+    }
+}
+
+fn named_matches(
+    field: &str,
+    m: Option<&std::collections::BTreeMap<String, StringMatch>>,
+) -> Result<Vec<NamedMatch>, RouterError> {
+    let mut out = Vec::new();
+    for (name, sm) in m.into_iter().flatten() {
+        let (t, value) = string_match(&format!("{field}.{name}"), sm)?;
+        out.push(NamedMatch {
+            r#type: t,
+            name: name.clone(),
+            value,
+        });
+    }
+    Ok(out)
+}
+
+pub fn convert_match(m: &HttpMatchRequest, kind: RouteKind) -> Result<RouteMatch, RouterError> {
+    let mut out = RouteMatch {
+        headers: named_matches("service.match.headers", m.headers.as_ref())?,
+        ..Default::default()
+    };
+    if kind == RouteKind::Http {
+        out.query_params = named_matches("service.match.queryParams", m.query_params.as_ref())?;
+        if let Some(uri) = &m.uri {
+            out.path = Some(if let Some(v) = &uri.exact {
+                TypedValue { r#type: "Exact".into(), value: v.clone() }
+            } else if let Some(v) = &uri.prefix {
+                TypedValue { r#type: "PathPrefix".into(), value: v.clone() }
+            } else if let Some(v) = &uri.regex {
+                TypedValue { r#type: "RegularExpression".into(), value: v.clone() }
+            } else {
+                return Err(RouterError::InvalidRoute(
+                    "service.match.uri: Gateway API paths support exact, prefix or regex".into(),
+                ));
+            });
+        }
+        if let Some(method) = &m.method {
+            let Some(v) = &method.exact else {
+                return Err(RouterError::InvalidRoute(
+                    "service.match.method: Gateway API supports exact methods only".into(),
+                ));
+            };
+            out.method = Some(Value::String(v.to_uppercase()));
+        }
+    }
+    Ok(out)
+}
+
+fn service_matches(canary: &Canary, kind: RouteKind) -> Result<Vec<RouteMatch>, RouterError> {
+    let svc = service_spec(canary)?;
+    let mut out = Vec::new();
+    for m in svc.r#match.iter().flatten() {
+        out.push(convert_match(m, kind)?);
+    }
+    if out.is_empty() && kind == RouteKind::Http {
+        out.push(RouteMatch {
+            path: Some(TypedValue { r#type: "PathPrefix".into(), value: "/".into() }),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+/// Adds `extra` conditions to every service match (an empty list means "match all").
+fn merge(extra: &RouteMatch, base: &[RouteMatch]) -> Vec<RouteMatch> {
+    if base.is_empty() {
+        return vec![extra.clone()];
+    }
+    base.iter()
+        .map(|b| {
+            let mut m = b.clone();
+            m.headers.extend(extra.headers.iter().cloned());
+            m.query_params.extend(extra.query_params.iter().cloned());
+            m
+        })
+        .collect()
+}
+
+fn ab_match(m: &AbMatch, kind: RouteKind) -> Result<RouteMatch, RouterError> {
+    let mut out = RouteMatch {
+        headers: named_matches("analysis.match.headers", m.headers.as_ref())?,
+        ..Default::default()
+    };
+    if kind == RouteKind::Http {
+        out.query_params = named_matches("analysis.match.queryParams", m.query_params.as_ref())?;
+    }
+    Ok(out)
+}
+
+fn header_filter(op: &crate::crd::HeaderOperation) -> HeaderFilter {
+    let pairs = |m: &Option<std::collections::BTreeMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| Header { name: k.clone(), value: v.clone() })
+            .collect()
+    };
+    HeaderFilter {
+        set: pairs(&op.set),
+        add: pairs(&op.add),
+        remove: op.remove.clone().unwrap_or_default(),
+    }
+}
+
+/// Filters every Serin rule carries (from `spec.service`).
+fn service_filters(canary: &Canary, kind: RouteKind) -> Result<Vec<Filter>, RouterError> {
+    let svc = service_spec(canary)?;
+    let mut out = Vec::new();
+    if let Some(h) = &svc.headers {
+        if let Some(req) = &h.request {
+            out.push(Filter {
+                r#type: "RequestHeaderModifier".into(),
+                request_header_modifier: Some(header_filter(req)),
+                ..Default::default()
+            });
+        }
+        if let Some(resp) = &h.response {
+            out.push(Filter {
+                r#type: "ResponseHeaderModifier".into(),
+                response_header_modifier: Some(header_filter(resp)),
+                ..Default::default()
+            });
+        }
+    }
+    if let Some(rw) = &svc.rewrite
+        && kind == RouteKind::Http
+    {
+        let mut v = serde_json::Map::new();
+        if let Some(host) = &rw.authority {
+            v.insert("hostname".into(), json!(host));
+        }
+        if let Some(uri) = &rw.uri {
+            let path = match rw.r#type.as_deref() {
+                Some("ReplaceFullPath") => json!({"type": "ReplaceFullPath", "replaceFullPath": uri}),
+                None | Some("ReplacePrefixMatch") => {
+                    json!({"type": "ReplacePrefixMatch", "replacePrefixMatch": uri})
+                }
+                Some(other) => {
+                    return Err(RouterError::InvalidRoute(format!(
+                        "service.rewrite.type {other:?}: use ReplaceFullPath or ReplacePrefixMatch"
+                    )));
+                }
+            };
+            v.insert("path".into(), path);
+        }
+        if !v.is_empty() {
+            out.push(Filter {
+                r#type: "URLRewrite".into(),
+                url_rewrite: Some(Value::Object(v)),
+                ..Default::default()
+            });
+        }
+    }
+    for m in svc.mirror.iter().flatten() {
+        let b = &m.backend_ref;
+        out.push(Filter {
+            r#type: "RequestMirror".into(),
+            request_mirror: Some(Mirror {
+                backend_ref: BackendRef {
+                    group: Some(b.group.clone().unwrap_or_default()),
+                    kind: Some(b.kind.clone().unwrap_or_else(|| "Service".into())),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
+                    ..Default::default()
+                },
+                percent: None,
+            }),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+fn parent_refs(canary: &Canary, linkerd: bool) -> Result<Vec<ParentReference>, RouterError> {
+    let svc = service_spec(canary)?;
+    match svc.gateway_refs.clone().filter(|g| !g.is_empty()) {
+        Some(refs) => Ok(refs),
+        None if linkerd => Ok(vec![ParentReference {
+            group: Some("core".into()),
+            kind: Some("Service".into()),
+            name: canary.apex_name(),
+            namespace: None,
+            section_name: None,
+            port: Some(svc.port),
+        }]),
+        None => Err(RouterError::InvalidRoute(
+            "service.gatewayRefs is required with Gateway API (or use spec.routeRef)".into(),
+        )),
+    }
+}
+
+fn is_sticky(rule: &Rule, cookie_name: &str) -> bool {
+    rule.matches.iter().any(|m| {
+        m.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("cookie")
+                && h.r#type == "RegularExpression"
+                && h.value.contains(cookie_name)
+        })
+    })
+}
+
+/// Renders the generated route's spec for `routes`.
+pub fn render_route_spec(
+    canary: &Canary,
+    routes: Routes,
+    opts: RenderOptions,
+) -> Result<RouteSpec, RouterError> {
+    routes.validate()?;
+    let svc = service_spec(canary)?;
+    let kind = opts.kind;
+    let port = svc.port;
+    let primary = canary.primary_service_name();
+    let canary_svc = canary.canary_service_name();
+    let matches = service_matches(canary, kind)?;
+    let filters = service_filters(canary, kind)?;
+    let timeouts = match (&svc.timeout, kind, opts.timeouts) {
+        (Some(t), RouteKind::Http, true) => Some(Timeouts { request: Some(t.clone()) }),
+        (Some(_), _, _) => {
+            tracing::warn!(
+                canary = canary.name_str(),
+                "service.timeout not written: the installed {} schema has no timeouts",
+                kind.kind()
+            );
+            None
+        }
+        _ => None,
+    };
+    let weighted = |p: u32, c: u32| vec![
+        service_ref(&primary, port, Some(p)),
+        service_ref(&canary_svc, port, Some(c)),
+    ];
+    let mut weighted_rule = Rule {
+        matches: matches.clone(),
+        filters: filters.clone(),
+        backend_refs: weighted(routes.primary, routes.canary),
+        timeouts: timeouts.clone(),
+    };
+    if routes.mirror {
+        weighted_rule.filters.push(Filter {
+            r#type: "RequestMirror".into(),
+            request_mirror: Some(Mirror {
+                backend_ref: service_ref(&canary_svc, port, None),
+                percent: routes.mirror_weight.filter(|_| opts.mirror_percent),
+            }),
+            ..Default::default()
+        });
+    }
+
+    let analysis = canary.spec.analysis.as_ref();
+    let ab: Vec<&AbMatch> = analysis.and_then(|a| a.r#match.as_ref()).into_iter().flatten().collect();
+    let mut rules = Vec::new();
+    if !ab.is_empty() {
+        // A/B: matching requests get the weighted split (the controller sends 100 to the
+        // canary); everything else stays on the primary.
+        for m in &ab {
+            let extra = ab_match(m, kind)?;
+            rules.push(Rule {
+                matches: merge(&extra, &matches),
+                ..weighted_rule.clone()
+            });
+        }
+        rules.push(Rule {
+            matches: matches.clone(),
+            filters: filters.clone(),
+            backend_refs: vec![service_ref(&primary, port, Some(100))],
+            timeouts: timeouts.clone(),
+        });
+    } else if let Some(sa) = analysis.and_then(|a| a.session_affinity.as_ref()) {
+        let max_age = sa.max_age.unwrap_or(DEFAULT_SESSION_COOKIE_MAX_AGE);
+        let status = canary.status_or_default();
+        if routes.canary > 0 {
+            let cookie = session_cookie(canary, sa);
+            if let Some(b) = weighted_rule.backend_refs.iter_mut().find(|b| b.name == canary_svc) {
+                b.filters.push(Filter {
+                    r#type: "ResponseHeaderModifier".into(),
+                    response_header_modifier: Some(HeaderFilter {
+                        add: vec![Header {
+                            name: "Set-Cookie".into(),
+                            value: build_set_cookie(&cookie, sa, max_age),
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            let cookie_match = RouteMatch {
+                headers: vec![NamedMatch {
+                    r#type: "RegularExpression".into(),
+                    name: "Cookie".into(),
+                    value: cookie_regex(&cookie),
+                }],
+                ..Default::default()
+            };
+            rules.push(Rule {
+                matches: merge(&cookie_match, &matches),
+                filters: filters.clone(),
+                backend_refs: weighted(0, 100),
+                timeouts: timeouts.clone(),
+            });
+        } else if let Some(prev) = status
+            .previous_session_affinity_cookie
+            .or(status.session_affinity_cookie)
+            .filter(|c| !c.is_empty())
+        {
+            // The run is over: sessions that still carry its cookie go to the primary,
+            // and the cookie is expired.
+            let mut primary_ref = service_ref(&primary, port, Some(100));
+            primary_ref.filters.push(Filter {
+                r#type: "ResponseHeaderModifier".into(),
+                response_header_modifier: Some(HeaderFilter {
+                    add: vec![Header {
+                        name: "Set-Cookie".into(),
+                        value: build_set_cookie(&prev, sa, -1),
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let cookie_match = RouteMatch {
+                headers: vec![NamedMatch {
+                    r#type: "RegularExpression".into(),
+                    name: "Cookie".into(),
+                    value: cookie_regex(&prev),
+                }],
+                ..Default::default()
+            };
+            rules.push(Rule {
+                matches: merge(&cookie_match, &matches),
+                filters: filters.clone(),
+                backend_refs: vec![primary_ref],
+                timeouts: timeouts.clone(),
+            });
+        }
+        rules.push(weighted_rule);
+    } else {
+        rules.push(weighted_rule);
+    }
+    Ok(RouteSpec {
+        parent_refs: parent_refs(canary, opts.linkerd)?,
+        hostnames: svc.hosts.clone().unwrap_or_default(),
+        rules,
+    })
+}
+
+/// Reads the split back from a generated route: the first rule that carries both the
+/// primary and canary backendRefs and is not a session-affinity sticky rule.
+pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, RouterError> {
+    let primary = canary.primary_service_name();
+    let canary_svc = canary.canary_service_name();
+    let cookie_name = canary
+        .spec
+        .analysis
+        .as_ref()
+        .and_then(|a| a.session_affinity.as_ref())
+        .map(|s| s.cookie_name.clone());
+    let weight_of = |r: &Rule, n: &str| -> Option<u32> {
+        r.backend_refs.iter().find(|b| b.name == n).map(|b| b.weight.unwrap_or(1))
+    };
+    let rule = spec
+        .rules
+        .iter()
+        .filter(|r| !cookie_name.as_deref().is_some_and(|c| is_sticky(r, c)))
+        .find(|r| weight_of(r, &primary).is_some() && weight_of(r, &canary_svc).is_some())
+        .ok_or_else(|| {
+            RouterError::InvalidRoute(format!(
+                "no rule routes to both {primary} and {canary_svc}"
+            ))
+        })?;
+    let (p, c) = (weight_of(rule, &primary).unwrap_or(0), weight_of(rule, &canary_svc).unwrap_or(0));
+    let mirror = rule.filters.iter().find_map(|f| {
+        f.request_mirror
+            .as_ref()
+            .filter(|m| f.r#type == "RequestMirror" && m.backend_ref.name == canary_svc)
+    });
+    normalize(p, c, mirror.is_some(), mirror.and_then(|m| m.percent))
+}
+
+/// Weights are relative in Gateway API; Serin writes them summing to 100, a route
+/// edited by hand may not.
+fn normalize(p: u32, c: u32, mirror: bool, mirror_weight: Option<u32>) -> Result<Routes, RouterError> {
+    let total = p + c;
+    if total == 0 {
+        return Err(RouterError::InvalidWeights { primary: p, canary: c });
+    }
+    let canary = ((c as f64) * 100.0 / (total as f64)).round() as u32;
+    routes_from(100 - canary, canary, mirror, mirror_weight)
+}
+
+// ---- routeRef mode: precise edits of a user-owned route ----
+
+fn is_ref_to(b: &Value, name: &str, namespace: &str) -> bool {
+    let group_ok = matches!(b.get("group").and_then(Value::as_str), None | Some("") | Some("core"));
+    let kind_ok = matches!(b.get("kind").and_then(Value::as_str), None | Some("Service"));
+    let ns_ok = b
+        .get("namespace")
+        .and_then(Value::as_str)
+        .is_none_or(|n| n == namespace);
+    group_ok && kind_ok && ns_ok && b.get("name").and_then(Value::as_str) == Some(name)
+}
+
+/// Rewrites the user's `spec.rules`: in each rule that references the apex Service (or
+/// that Serin already split), the apex backendRef becomes primary/canary backendRefs
+/// with `routes` weights, or, with `routes == None` (finalize), goes back to a single
+/// apex backendRef. Everything else is copied as is.
+pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -> Result<Value, RouterError> {
+    let ns = canary.namespace_or_default();
+    let apex = canary.apex_name();
+    let primary = canary.primary_service_name();
+    let canary_svc = canary.canary_service_name();
+    let Some(rules) = rules.as_array() else {
+        return Err(RouterError::InvalidRoute("the route has no spec.rules".into()));
+    };
+    let mut out = Vec::with_capacity(rules.len());
+    let mut edited = 0;
+    for rule in rules {
+        let refs = rule.get("backendRefs").and_then(Value::as_array);
+        let Some(refs) = refs else {
+            out.push(rule.clone());
+            continue;
+        };
+        let ours = |b: &Value| is_ref_to(b, &apex, &ns) || is_ref_to(b, &primary, &ns) || is_ref_to(b, &canary_svc, &ns);
+        let Some(pos) = refs.iter().position(ours) else {
+            out.push(rule.clone());
+            continue;
+        };
+        edited += 1;
+        // The template is the apex ref (or, once split, the primary ref that copied it).
+        let template = refs
+            .iter()
+            .find(|b| is_ref_to(b, &apex, &ns))
+            .or_else(|| refs.iter().find(|b| is_ref_to(b, &primary, &ns)))
+            .unwrap_or(&refs[pos])
+            .clone();
+        let with = |name: &str, weight: Option<u32>| {
+            let mut b = template.clone();
+            if let Some(m) = b.as_object_mut() {
+                m.insert("name".into(), json!(name));
+                match weight {
+                    Some(w) => m.insert("weight".into(), json!(w)),
+                    None => m.remove("weight"),
+                };
+            }
+            b
+        };
+        let replacement = match routes {
+            Some(r) => vec![with(&primary, Some(r.primary)), with(&canary_svc, Some(r.canary))],
+            None => vec![with(&apex, None)],
+        };
+        let mut new_refs: Vec<Value> = Vec::with_capacity(refs.len() + 1);
+        for (i, b) in refs.iter().enumerate() {
+            if i == pos {
+                new_refs.extend(replacement.iter().cloned());
+            } else if !ours(b) {
+                new_refs.push(b.clone());
+            }
+        }
+        let mut rule = rule.clone();
+        if let Some(m) = rule.as_object_mut() {
+            m.insert("backendRefs".into(), Value::Array(new_refs));
+            // Mirror steps: the only filter Serin touches is its own mirror to the canary.
+            let mirror_wanted = routes.is_some_and(|r| r.mirror);
+            let is_our_mirror = |f: &Value| {
+                f.get("type").and_then(Value::as_str) == Some("RequestMirror")
+                    && f.pointer("/requestMirror/backendRef")
+                        .is_some_and(|b| is_ref_to(b, &canary_svc, &ns))
+            };
+            let had_filters = m.contains_key("filters");
+            let mut filters: Vec<Value> = m
+                .get("filters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let before = filters.len();
+            let had_ours = filters.iter().any(is_our_mirror);
+            if mirror_wanted != had_ours {
+                filters.retain(|f| !is_our_mirror(f));
+                if mirror_wanted {
+                    let port = template.get("port").cloned();
+                    let mut b = json!({"group": "", "kind": "Service", "name": canary_svc});
+                    if let (Some(p), Some(o)) = (port, b.as_object_mut()) {
+                        o.insert("port".into(), p);
+                    }
+                    filters.push(json!({"type": "RequestMirror", "requestMirror": {"backendRef": b}}));
+                }
+                if filters.is_empty() && !had_filters {
+                    m.remove("filters");
+                } else if filters.len() != before || mirror_wanted {
+                    m.insert("filters".into(), Value::Array(filters));
+                }
+            }
+        }
+        out.push(rule);
+    }
+    if edited == 0 {
+        return Err(RouterError::InvalidRoute(format!(
+            "no rule of {} references the apex Service {apex}: Serin only splits the rules \
+             whose backendRefs point at it",
+            canary
+                .spec
+                .route_ref
+                .as_ref()
+                .map(|r| format!("{} {}", r.kind, r.name))
+                .unwrap_or_else(|| "the route".into())
+        )));
+    }
+    Ok(Value::Array(out))
+}
+
+/// Reads the split from a user-owned route's first edited rule; a rule still pointing
+/// at the apex alone is 100% primary (the apex selects the primary pods).
+pub fn routes_of_user_rules(canary: &Canary, rules: &Value) -> Result<Routes, RouterError> {
+    let ns = canary.namespace_or_default();
+    let (apex, primary, canary_svc) = (canary.apex_name(), canary.primary_service_name(), canary.canary_service_name());
+    for rule in rules.as_array().into_iter().flatten() {
+        let refs: Vec<&Value> = rule.get("backendRefs").and_then(Value::as_array).into_iter().flatten().collect();
+        let w = |n: &str| {
+            refs.iter()
+                .find(|b| is_ref_to(b, n, &ns))
+                .map(|b| b.get("weight").and_then(Value::as_u64).unwrap_or(1) as u32)
+        };
+        if let (Some(p), Some(c)) = (w(&primary), w(&canary_svc)) {
+            let mirror = rule
+                .get("filters")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|f| f.pointer("/requestMirror/backendRef").is_some_and(|b| is_ref_to(b, &canary_svc, &ns)));
+            return normalize(p, c, mirror, None);
+        }
+        if w(&apex).is_some() {
+            return Ok(Routes::PRIMARY);
+        }
+    }
+    Err(RouterError::InvalidRoute(format!(
+        "no rule references the apex Service {apex} or {primary}/{canary_svc}"
+    )))
+}
+
+/// Route status → `RouteStatus`.
+pub fn route_status(route: &Value) -> RouteStatus {
+    let generation = route.pointer("/metadata/generation").and_then(Value::as_i64);
+    let parents = route
+        .pointer("/status/parents")
+        .and_then(Value::as_array)
+        .filter(|p| !p.is_empty());
+    let Some(parents) = parents else {
+        return RouteStatus::Unknown(
+            "the Gateway API implementation writes no route status (status.parents is empty)".into(),
+        );
+    };
+    for p in parents {
+        let parent = p.pointer("/parentRef/name").and_then(Value::as_str).unwrap_or("?");
+        let accepted = p
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("Accepted"));
+        let Some(c) = accepted else {
+            return RouteStatus::Unknown(format!("parent {parent} reports no Accepted condition yet"));
+        };
+        let observed = c.get("observedGeneration").and_then(Value::as_i64);
+        if let (Some(o), Some(g)) = (observed, generation)
+            && o < g
+        {
+            return RouteStatus::Unknown(format!(
+                "parent {parent} has not observed generation {g} yet (at {o})"
+            ));
+        }
+        if c.get("status").and_then(Value::as_str) != Some("True") {
+            let reason = c.get("reason").and_then(Value::as_str).unwrap_or("");
+            let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
+            return RouteStatus::NotAccepted(format!("parent {parent}: {reason}: {msg}"));
+        }
+    }
+    RouteStatus::Accepted
+}
+
+/// Reads the HTTPRoute CRD to learn which optional fields its schema has:
+/// (`requestMirror.percent`, `rules[].timeouts`). Unknown (CRD unreadable) is "no":
+/// writing a field the schema prunes would make every compare differ.
+pub async fn crd_features(client: &kube::Client) -> (bool, bool) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let Ok(crd) = api.get("httproutes.gateway.networking.k8s.io").await else {
+        return (false, false);
+    };
+    let Ok(v) = serde_json::to_value(&crd.spec) else {
+        return (false, false);
+    };
+    (has_property(&v, "requestMirror", "percent"), has_property(&v, "rules", "timeouts"))
+}
+
+fn has_property(v: &Value, parent: &str, child: &str) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, val)| {
+            (k == parent
+                && (val.pointer(&format!("/properties/{child}")).is_some()
+                    || val.pointer(&format!("/items/properties/{child}")).is_some()))
+                || has_property(val, parent, child)
+        }),
+        Value::Array(a) => a.iter().any(|x| has_property(x, parent, child)),
+        _ => false,
+    }
+}
+
+pub struct GatewayApiRouter {
+    k8s: KubernetesRouter,
+    client: kube::Client,
+    apis: RoutingApis,
+    linkerd: bool,
+}
+
+impl GatewayApiRouter {
+    pub fn new(client: kube::Client, apis: RoutingApis, linkerd: bool) -> Self {
+        GatewayApiRouter {
+            k8s: KubernetesRouter::new(client.clone(), false),
+            client,
+            apis,
+            linkerd,
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        if self.linkerd { "linkerd" } else { "gatewayapi" }
+    }
+
+    /// The user's route, when `spec.routeRef` names a Gateway API route.
+    fn user_route(canary: &Canary) -> Result<Option<(RouteKind, Option<String>, String)>, RouterError> {
+        let Some(r) = &canary.spec.route_ref else {
+            return Ok(None);
+        };
+        let kind = match r.kind.as_str() {
+            "HTTPRoute" => RouteKind::Http,
+            "GRPCRoute" => RouteKind::Grpc,
+            other => {
+                return Err(RouterError::InvalidRoute(format!(
+                    "spec.routeRef.kind {other:?}: the Gateway API router edits HTTPRoute or GRPCRoute"
+                )));
+            }
+        };
+        let version = match r.api_version.split_once('/') {
+            Some((GROUP, v)) => Some(v.to_string()),
+            None if r.api_version.is_empty() => None,
+            _ => {
+                return Err(RouterError::InvalidRoute(format!(
+                    "spec.routeRef.apiVersion {:?} is not {GROUP}/<version>",
+                    r.api_version
+                )));
+            }
+        };
+        Ok(Some((kind, version, r.name.clone())))
+    }
+
+    fn route_kind(canary: &Canary) -> Result<RouteKind, RouterError> {
+        let proto = service_spec(canary)?.app_protocol.clone().unwrap_or_default().to_lowercase();
+        Ok(if proto == "grpc" || proto == "grpcs" { RouteKind::Grpc } else { RouteKind::Http })
+    }
+
+    /// API resource for `kind`, failing with `MissingCrd` when the cluster serves none.
+    fn resource(&self, kind: RouteKind, version: Option<String>) -> Result<kube::api::ApiResource, RouterError> {
+        let served = match kind {
+            RouteKind::Http => self.apis.httproute_version.clone(),
+            RouteKind::Grpc => self.apis.grpcroute_version.clone(),
+        };
+        require(served.is_some(), self.provider(), GROUP, kind.kind())?;
+        let version = version.or(served).unwrap_or_else(|| "v1".into());
+        Ok(api_resource(GROUP, &version, kind.kind(), kind.plural()))
+    }
+
+    fn options(&self, kind: RouteKind) -> RenderOptions {
+        RenderOptions {
+            kind,
+            mirror_percent: self.apis.gateway_mirror_percent,
+            timeouts: self.apis.gateway_timeouts,
+            linkerd: self.linkerd,
+        }
+    }
+
+    fn refuse_user_route_features(canary: &Canary) -> Result<(), RouterError> {
+        let a = canary.spec.analysis.as_ref();
+        if a.and_then(|a| a.r#match.as_ref()).is_some_and(|m| !m.is_empty()) {
+            return Err(RouterError::InvalidRoute(
+                "analysis.match (A/B) needs rules of its own and is not supported with a user-owned routeRef".into(),
+            ));
+        }
+        if a.and_then(|a| a.session_affinity.as_ref()).is_some() {
+            return Err(RouterError::InvalidRoute(
+                "analysis.sessionAffinity needs rules of its own and is not supported with a user-owned routeRef".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn live(&self, canary: &Canary, ar: &kube::api::ApiResource, name: &str) -> Result<Option<kube::api::DynamicObject>, RouterError> {
+        let ns = canary.namespace_or_default();
+        apply::get_opt(&apply::dyn_api(&self.client, ar, &ns), ar, &ns, name).await
+    }
+
+    async fn live_required(&self, canary: &Canary, ar: &kube::api::ApiResource, name: &str) -> Result<kube::api::DynamicObject, RouterError> {
+        self.live(canary, ar, name).await?.ok_or_else(|| RouterError::NotFound {
+            kind: ar.kind.clone(),
+            namespace: canary.namespace_or_default(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Writes `routes` (or, for `None`, the current split / finalize as documented).
+    async fn write(&self, canary: &Canary, routes: Option<Routes>, finalize: bool) -> Result<(), RouterError> {
+        if let Some((kind, version, name)) = Self::user_route(canary)? {
+            let ar = self.resource(kind, version)?;
+            Self::refuse_user_route_features(canary)?;
+            let live = self.live_required(canary, &ar, &name).await?;
+            let rules = live.data.pointer("/spec/rules").cloned().unwrap_or(Value::Null);
+            let target = if finalize {
+                None
+            } else {
+                Some(match routes {
+                    Some(r) => r,
+                    None => routes_of_user_rules(canary, &rules)?,
+                })
+            };
+            let new_rules = edit_user_rules(canary, &rules, target)?;
+            apply::patch_user_object(&self.client, &ar, &live, &[("/spec/rules", new_rules)]).await?;
+            return Ok(());
+        }
+        let kind = Self::route_kind(canary)?;
+        let ar = self.resource(kind, None)?;
+        let name = canary.apex_name();
+        if finalize {
+            // The generated route is garbage-collected with the Canary; until then it
+            // sends everything to the apex, which finalize points at the target pods.
+            let Some(live) = self.live(canary, &ar, &name).await? else {
+                return Ok(());
+            };
+            let port = service_spec(canary)?.port;
+            let mut spec: RouteSpec = serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
+                .map_err(|source| RouterError::Serde { context: format!("read {} {name}", ar.kind), source })?;
+            for rule in &mut spec.rules {
+                rule.backend_refs = vec![service_ref(&name, port, None)];
+                rule.filters.retain(|f| f.r#type != "RequestMirror");
+            }
+            let rules = serde_json::to_value(&spec.rules).map_err(|source| RouterError::Serde {
+                context: format!("render {} {name}", ar.kind),
+                source,
+            })?;
+            apply::patch_user_object(&self.client, &ar, &live, &[("/spec/rules", rules)]).await?;
+            return Ok(());
+        }
+        let routes = match routes {
+            Some(r) => r,
+            None => match self.live(canary, &ar, &name).await? {
+                Some(live) => serde_json::from_value::<RouteSpec>(live.data.get("spec").cloned().unwrap_or_default())
+                    .ok()
+                    .and_then(|s| routes_of_spec(canary, &s).ok())
+                    .unwrap_or(Routes::PRIMARY),
+                None => Routes::PRIMARY,
+            },
+        };
+        let obj = render_route(canary, routes, self.options(kind), &ar)?;
+        apply::ensure(&self.client, &ar, obj, &["/spec"]).await?;
+        Ok(())
+    }
+}
+
+/// The generated route object (metadata from `service.apex`).
+pub fn render_route(
+    canary: &Canary,
+    routes: Routes,
+    opts: RenderOptions,
+    ar: &kube::api::ApiResource,
+) -> Result<kube::api::DynamicObject, RouterError> {
+    let spec = render_route_spec(canary, routes, opts)?;
+    let spec = serde_json::to_value(spec).map_err(|source| RouterError::Serde {
+        context: format!("render {} {}", opts.kind.kind(), canary.apex_name()),
+        source,
+    })?;
+    let custom = canary.spec.service.as_ref().and_then(|s| s.apex.as_ref());
+    Ok(generated_object(canary, ar, &canary.apex_name(), custom, json!({ "spec": spec })))
+}
+
+impl Router for GatewayApiRouter {
+    fn reconcile<'a>(&'a self, canary: &'a Canary, inputs: &'a ServiceInputs) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            // CRD and user-route checks come before any write, Services included.
+            let kind = match Self::user_route(canary)? {
+                Some((k, _, _)) => k,
+                None => Self::route_kind(canary)?,
+            };
+            self.resource(kind, None)?;
+            self.k8s.reconcile_services(canary, inputs).await?;
+            self.write(canary, None, false).await
+        })
+    }
+
+    fn set_routes<'a>(&'a self, canary: &'a Canary, routes: Routes) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            routes.validate()?;
+            self.k8s.require_backends(canary).await?;
+            self.write(canary, Some(routes), false).await
+        })
+    }
+
+    fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Routes, RouterError>> {
+        Box::pin(async move {
+            if let Some((kind, version, name)) = Self::user_route(canary)? {
+                let ar = self.resource(kind, version)?;
+                let live = self.live_required(canary, &ar, &name).await?;
+                return routes_of_user_rules(canary, live.data.pointer("/spec/rules").unwrap_or(&Value::Null));
+            }
+            let kind = Self::route_kind(canary)?;
+            let ar = self.resource(kind, None)?;
+            let live = self.live_required(canary, &ar, &canary.apex_name()).await?;
+            let spec: RouteSpec = serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
+                .map_err(|source| RouterError::Serde { context: format!("read {} {}", ar.kind, canary.apex_name()), source })?;
+            routes_of_spec(canary, &spec)
+        })
+    }
+
+    fn verify<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<RouteStatus, RouterError>> {
+        Box::pin(async move {
+            let (ar, name) = match Self::user_route(canary)? {
+                Some((kind, version, name)) => (self.resource(kind, version)?, name),
+                None => (self.resource(Self::route_kind(canary)?, None)?, canary.apex_name()),
+            };
+            let live = self.live_required(canary, &ar, &name).await?;
+            let v = serde_json::to_value(&live).map_err(|source| RouterError::Serde {
+                context: format!("read {} {name}", ar.kind),
+                source,
+            })?;
+            Ok(route_status(&v))
+        })
+    }
+
+    fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            self.k8s.finalize(canary).await?;
+            self.write(canary, None, true).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CanaryAnalysis, HeaderOperation, HeaderOperations, HttpRewrite, LocalObjectReference, SessionAffinity};
+    use crate::router::kubernetes::tests::canary as base;
+    use pretty_assertions::assert_eq;
+
+    fn opts() -> RenderOptions {
+        RenderOptions { kind: RouteKind::Http, mirror_percent: true, timeouts: true, linkerd: false }
+    }
+
+    fn canary() -> Canary {
+        let mut c = base();
+        c.spec.service.as_mut().unwrap().gateway_refs = Some(vec![ParentReference {
+            name: "serin-gateway".into(),
+            namespace: Some("default".into()),
+            ..Default::default()
+        }]);
+        c
+    }
+
+    fn backend(name: &str, w: u32) -> Value {
+        json!({"group": "", "kind": "Service", "name": name, "port": 9898, "weight": w})
+    }
+
+    #[test]
+    fn weighted_route_with_explicit_group_and_kind() {
+        let spec = render_route_spec(&canary(), Routes::weighted(30), opts()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            json!({
+                "parentRefs": [{"name": "serin-gateway", "namespace": "default"}],
+                "rules": [{
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [backend("podinfo-primary", 70), backend("podinfo-canary", 30)]
+                }]
+            })
+        );
+        assert_eq!(routes_of_spec(&canary(), &spec).unwrap(), Routes::weighted(30));
+    }
+
+    #[test]
+    fn service_options_become_matches_filters_and_timeouts() {
+        let mut c = canary();
+        let s = c.spec.service.as_mut().unwrap();
+        s.hosts = Some(vec!["app.example.com".into()]);
+        s.timeout = Some("15s".into());
+        s.r#match = Some(vec![HttpMatchRequest {
+            uri: Some(StringMatch { prefix: Some("/api".into()), ..Default::default() }),
+            method: Some(StringMatch { exact: Some("get".into()), ..Default::default() }),
+            headers: Some([("x-env".to_string(), StringMatch { prefix: Some("prod.".into()), ..Default::default() })].into()),
+            ..Default::default()
+        }]);
+        s.headers = Some(HeaderOperations {
+            request: Some(HeaderOperation { set: Some([("x-a".to_string(), "1".to_string())].into()), ..Default::default() }),
+            response: Some(HeaderOperation { remove: Some(vec!["x-b".into()]), ..Default::default() }),
+        });
+        s.rewrite = Some(HttpRewrite { uri: Some("/v2".into()), authority: Some("internal".into()), r#type: None });
+        let spec = serde_json::to_value(render_route_spec(&c, Routes::PRIMARY, opts()).unwrap()).unwrap();
+        assert_eq!(spec["hostnames"], json!(["app.example.com"]));
+        assert_eq!(
+            spec["rules"][0]["matches"],
+            json!([{
+                "path": {"type": "PathPrefix", "value": "/api"},
+                "headers": [{"type": "RegularExpression", "name": "x-env", "value": "^prod\\..*"}],
+                "method": "GET"
+            }])
+        );
+        assert_eq!(
+            spec["rules"][0]["filters"],
+            json!([
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["x-b"]}},
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}
+            ])
+        );
+        assert_eq!(spec["rules"][0]["timeouts"], json!({"request": "15s"}));
+        // Without timeouts in the installed schema, none is written.
+        let no_t = render_route_spec(&c, Routes::PRIMARY, RenderOptions { timeouts: false, ..opts() }).unwrap();
+        assert_eq!(no_t.rules[0].timeouts, None);
+    }
+
+    #[test]
+    fn ab_rules_per_match_then_default_to_primary() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            r#match: Some(vec![
+                AbMatch { headers: Some([("x-canary".to_string(), StringMatch { exact: Some("insider".into()), ..Default::default() })].into()), ..Default::default() },
+                AbMatch { headers: Some([("cookie".to_string(), StringMatch { regex: Some("^(.*?;)?(canary=always)(;.*)?$".into()), ..Default::default() })].into()), ..Default::default() },
+            ]),
+            ..Default::default()
+        });
+        let spec = render_route_spec(&c, Routes::weighted(100), opts()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(spec.rules.len(), 3);
+        assert_eq!(
+            v["rules"][0]["matches"],
+            json!([{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "Exact", "name": "x-canary", "value": "insider"}]}])
+        );
+        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 0), backend("podinfo-canary", 100)]));
+        assert_eq!(v["rules"][1]["matches"][0]["headers"][0]["type"], "RegularExpression");
+        assert_eq!(v["rules"][2]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(100));
+    }
+
+    #[test]
+    fn mirror_filter_with_percent_only_when_schema_has_it() {
+        let r = Routes { primary: 100, canary: 0, mirror: true, mirror_weight: Some(20) };
+        let spec = render_route_spec(&canary(), r, opts()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            v["rules"][0]["filters"],
+            json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 9898}, "percent": 20}}])
+        );
+        assert_eq!(routes_of_spec(&canary(), &spec).unwrap(), r);
+        let old = render_route_spec(&canary(), r, RenderOptions { mirror_percent: false, ..opts() }).unwrap();
+        assert_eq!(old.rules[0].filters[0].request_mirror.as_ref().unwrap().percent, None);
+        // Back to no mirror: the filter goes.
+        let plain = render_route_spec(&canary(), Routes::PRIMARY, opts()).unwrap();
+        assert!(plain.rules[0].filters.is_empty());
+    }
+
+    #[test]
+    fn session_affinity_sets_cookie_and_sticky_rule() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity { cookie_name: "serin-cookie".into(), max_age: Some(60), ..Default::default() }),
+            ..Default::default()
+        });
+        let mut st = c.status_or_default();
+        st.session_affinity_cookie = Some("serin-cookie=abc".into());
+        c.status = Some(st);
+        let spec = render_route_spec(&c, Routes::weighted(10), opts()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(spec.rules.len(), 2);
+        assert_eq!(
+            v["rules"][0]["matches"],
+            json!([{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "RegularExpression", "name": "Cookie", "value": ".*serin-cookie.*abc.*"}]}])
+        );
+        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 0), backend("podinfo-canary", 100)]));
+        assert_eq!(
+            v["rules"][1]["backendRefs"][1]["filters"],
+            json!([{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": "serin-cookie=abc; Max-Age=60"}]}}])
+        );
+        // The sticky 0/100 rule is not mistaken for the split.
+        assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(10));
+        // Weight 0 after the run: the previous cookie is expired on the primary.
+        let done = render_route_spec(&c, Routes::PRIMARY, opts()).unwrap();
+        let v = serde_json::to_value(&done).unwrap();
+        assert_eq!(v["rules"][0]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"], "serin-cookie=abc; Max-Age=-1");
+        assert_eq!(routes_of_spec(&c, &done).unwrap(), Routes::PRIMARY);
+    }
+
+    #[test]
+    fn linkerd_defaults_parent_to_apex_service_and_gateway_needs_refs() {
+        let c = base();
+        let spec = render_route_spec(&c, Routes::PRIMARY, RenderOptions { linkerd: true, ..opts() }).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec.parent_refs).unwrap(),
+            json!([{"group": "core", "kind": "Service", "name": "podinfo", "port": 9898}])
+        );
+        assert!(matches!(render_route_spec(&c, Routes::PRIMARY, opts()), Err(RouterError::InvalidRoute(_))));
+        assert!(matches!(
+            render_route_spec(&canary(), Routes { primary: 60, canary: 60, mirror: false, mirror_weight: None }, opts()),
+            Err(RouterError::InvalidWeights { .. })
+        ));
+    }
+
+    #[test]
+    fn grpc_route_has_no_paths_or_timeouts() {
+        let mut c = canary();
+        c.spec.service.as_mut().unwrap().app_protocol = Some("grpc".into());
+        c.spec.service.as_mut().unwrap().timeout = Some("5s".into());
+        assert_eq!(GatewayApiRouter::route_kind(&c).unwrap(), RouteKind::Grpc);
+        let spec = render_route_spec(&c, Routes::weighted(5), RenderOptions { kind: RouteKind::Grpc, ..opts() }).unwrap();
+        assert!(spec.rules[0].matches.is_empty());
+        assert_eq!(spec.rules[0].timeouts, None);
+    }
+
+    fn user_route() -> Value {
+        json!([
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-admin", "value": "1"}]}}],
+                "backendRefs": [{"name": "admin", "port": 80}]
+            },
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "podinfo.internal"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 9898, "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-b", "value": "2"}]}}]}],
+                "x-future-field": {"kept": true}
+            }
+        ])
+    }
+
+    fn route_ref_canary() -> Canary {
+        let mut c = base();
+        c.spec.route_ref = Some(LocalObjectReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "HTTPRoute".into(),
+            name: "user-route".into(),
+        });
+        c
+    }
+
+    #[test]
+    fn route_ref_splits_only_the_apex_backend_and_keeps_the_rest() {
+        let c = route_ref_canary();
+        let before = user_route();
+        let after = edit_user_rules(&c, &before, Some(Routes::weighted(25))).unwrap();
+        // The other rule is untouched, byte for byte.
+        assert_eq!(after[0], before[0]);
+        // In the apex rule only backendRefs changed; the backendRef's own fields are kept.
+        let mut expected = before[1].clone();
+        let mut p = before[1]["backendRefs"][0].clone();
+        p["name"] = json!("podinfo-primary");
+        p["weight"] = json!(75);
+        let mut k = before[1]["backendRefs"][0].clone();
+        k["name"] = json!("podinfo-canary");
+        k["weight"] = json!(25);
+        expected["backendRefs"] = json!([p, k]);
+        assert_eq!(after[1], expected);
+        assert_eq!(routes_of_user_rules(&c, &after).unwrap(), Routes::weighted(25));
+        assert_eq!(routes_of_user_rules(&c, &before).unwrap(), Routes::PRIMARY);
+        // A further step edits the split in place; finalize restores the original.
+        let again = edit_user_rules(&c, &after, Some(Routes::weighted(50))).unwrap();
+        assert_eq!(again[1]["backendRefs"][1]["weight"], 50);
+        assert_eq!(again[1]["backendRefs"].as_array().unwrap().len(), 2);
+        let restored = edit_user_rules(&c, &again, None).unwrap();
+        assert_eq!(restored, before);
+    }
+
+    #[test]
+    fn route_ref_mirror_adds_and_removes_only_its_own_filter() {
+        let c = route_ref_canary();
+        let before = user_route();
+        let m = Routes { primary: 100, canary: 0, mirror: true, mirror_weight: None };
+        let mirrored = edit_user_rules(&c, &before, Some(m)).unwrap();
+        let filters = mirrored[1]["filters"].as_array().unwrap();
+        assert_eq!(filters[0], before[1]["filters"][0]);
+        assert_eq!(filters[1]["requestMirror"]["backendRef"]["name"], "podinfo-canary");
+        assert_eq!(routes_of_user_rules(&c, &mirrored).unwrap(), m);
+        let unmirrored = edit_user_rules(&c, &mirrored, Some(Routes::PRIMARY)).unwrap();
+        assert_eq!(unmirrored[1]["filters"], before[1]["filters"]);
+        assert_eq!(edit_user_rules(&c, &unmirrored, None).unwrap(), before);
+    }
+
+    #[test]
+    fn route_ref_without_apex_rule_is_rejected() {
+        let c = route_ref_canary();
+        let rules = json!([{"backendRefs": [{"name": "other", "port": 80}]}]);
+        let err = edit_user_rules(&c, &rules, Some(Routes::PRIMARY)).unwrap_err();
+        assert!(matches!(err, RouterError::InvalidRoute(_)));
+        assert!(err.to_string().contains("HTTPRoute user-route"), "{err}");
+        // A/B is refused in routeRef mode.
+        let mut ab = route_ref_canary();
+        ab.spec.analysis = Some(CanaryAnalysis { r#match: Some(vec![AbMatch::default()]), ..Default::default() });
+        assert!(GatewayApiRouter::refuse_user_route_features(&ab).is_err());
+        let mut bad = route_ref_canary();
+        bad.spec.route_ref.as_mut().unwrap().kind = "ApisixRoute".into();
+        assert!(GatewayApiRouter::user_route(&bad).is_err());
+    }
+
+    #[test]
+    fn status_parents_decide_acceptance() {
+        let none = json!({"metadata": {"generation": 2}, "status": {}});
+        assert!(matches!(route_status(&none), RouteStatus::Unknown(m) if m.contains("writes no route status")));
+        let ok = json!({"metadata": {"generation": 2}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "True", "observedGeneration": 2}]}]}});
+        assert_eq!(route_status(&ok), RouteStatus::Accepted);
+        let stale = json!({"metadata": {"generation": 3}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "True", "observedGeneration": 2}]}]}});
+        assert!(matches!(route_status(&stale), RouteStatus::Unknown(_)));
+        let no = json!({"metadata": {"generation": 2}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners", "message": "no listener", "observedGeneration": 2}]}]}});
+        assert_eq!(route_status(&no), RouteStatus::NotAccepted("parent gw: NotAllowedByListeners: no listener".into()));
+    }
+
+    #[test]
+    fn schema_feature_detection() {
+        let with = json!({"versions": [{"schema": {"openAPIV3Schema": {"properties": {"spec": {"properties": {"rules": {"items": {"properties": {"timeouts": {}, "filters": {"items": {"properties": {"requestMirror": {"properties": {"percent": {}}}}}}}}}}}}}}}]});
+        assert!(has_property(&with, "requestMirror", "percent"));
+        assert!(has_property(&with, "rules", "timeouts"));
+        assert!(!has_property(&json!({"rules": {"items": {"properties": {}}}}), "rules", "timeouts"));
+    }
+}
