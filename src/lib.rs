@@ -5,3 +5,4 @@ pub mod controller;
 pub mod crd;
 pub mod notify;
 pub mod router;
+pub mod tester;
