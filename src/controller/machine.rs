@@ -86,12 +86,7 @@ pub enum Action {
     Finalize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Warn,
-    Error,
-}
+pub use crate::notify::Severity;
 
 /// A Kubernetes Event on the Canary (and, with `alert`, a notification).
 #[derive(Debug, Clone, PartialEq)]

@@ -61,7 +61,7 @@ impl ConfigRef {
 
 /// Where the workload layer reads ConfigMaps and Secrets: the observe layer's watch
 /// caches (never a GET per step). Also used to find existing `-primary` copies.
-pub trait ConfigSource {
+pub trait ConfigSource: Send + Sync {
     fn configmap(&self, name: &str) -> Option<ConfigMap>;
     fn secret(&self, name: &str) -> Option<Secret>;
 }
@@ -69,8 +69,8 @@ pub trait ConfigSource {
 /// A pair of lookup closures is a source, e.g. over two reflector stores.
 impl<F, G> ConfigSource for (F, G)
 where
-    F: Fn(&str) -> Option<ConfigMap>,
-    G: Fn(&str) -> Option<Secret>,
+    F: Fn(&str) -> Option<ConfigMap> + Send + Sync,
+    G: Fn(&str) -> Option<Secret> + Send + Sync,
 {
     fn configmap(&self, name: &str) -> Option<ConfigMap> {
         (self.0)(name)
