@@ -266,6 +266,7 @@ async fn run_controller(
         workloads: workload::Workloads::new(client.clone(), hpa),
         routing,
         default_provider: args.provider.clone(),
+        synced: ready.clone(),
     });
 
     let (c1, c2, c3, c4, c5) = (

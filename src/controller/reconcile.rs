@@ -75,6 +75,8 @@ pub struct Context {
     pub workloads: Workloads,
     pub routing: RoutingApis,
     pub default_provider: String,
+    /// Set once every watch cache has its first full list.
+    pub synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const FIELD_MANAGER: &str = "serin";
@@ -118,6 +120,11 @@ fn api(ctx: &Context, ns: &str) -> Api<Canary> {
 }
 
 async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    // Before the caches are full, a missing target or primary may only be unlisted
+    // yet; deciding on that would report errors or recreate what exists.
+    if !ctx.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
     let ns = canary.namespace_or_default();
     let name = canary.name_any();
     let deleting = canary.metadata.deletion_timestamp.is_some();

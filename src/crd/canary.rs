@@ -647,6 +647,7 @@ impl std::fmt::Display for Phase {
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::phase")]
     pub phase: Option<Phase>,
     #[serde(default)]
     pub failed_checks: u32,
