@@ -539,6 +539,27 @@ pub async fn apply_json(client: &Client, obj: Value) -> Result<kube::api::Dynami
     }
 }
 
+/// Waits until requests through the gateway with `Host: host` answer 200 and
+/// every version in `versions` has answered (the route is programmed in Traefik).
+pub async fn wait_route_serves(
+    gateway: &str,
+    host: &str,
+    versions: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        &format!("gateway {gateway} to route Host {host} to versions {versions:?}"),
+        timeout,
+        || async move {
+            let r = load::run(&load::LoadSpec::new(gateway).host(host).requests(40, 400.0)).await?;
+            let all_ok = r.by_status.get(&200) == Some(&40);
+            let seen = versions.iter().all(|v| r.count(v) > 0);
+            Ok((all_ok && seen).then_some(()))
+        },
+    )
+    .await
+}
+
 /// One sample of a Prometheus instant-query result.
 #[derive(Clone, Debug)]
 pub struct PromSample {
