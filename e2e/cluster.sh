@@ -528,6 +528,11 @@ cmd_up() {
   install_crds "$crds"
   log "CRDs installed from $crds"
 
+  # A rebuilt simulator replaces the running one (its pods are restarted by it).
+  if alive kubelet-sim && [[ $TARGET_DIR/debug/serin-kubelet-sim -nt $STATE/pids/kubelet-sim.pid ]]; then
+    log "kubelet simulator binary changed: restarting it"
+    stop_component kubelet-sim 10
+  fi
   if ! alive kubelet-sim; then
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
       ip link add "$BRIDGE" type bridge || die "could not create bridge $BRIDGE"

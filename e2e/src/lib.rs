@@ -80,8 +80,7 @@ impl ClusterEnv {
         let env = ClusterEnv {
             state_dir: PathBuf::from(get("SERIN_E2E_STATE").unwrap_or(state.clone())),
             kubeconfig: PathBuf::from(
-                get("SERIN_E2E_KUBECONFIG")
-                    .unwrap_or_else(|| format!("{state}/kubeconfig")),
+                get("SERIN_E2E_KUBECONFIG").unwrap_or_else(|| format!("{state}/kubeconfig")),
             ),
             apiserver: get("SERIN_E2E_APISERVER")?,
             ca_file: PathBuf::from(get("SERIN_E2E_CA_FILE")?),
@@ -111,9 +110,9 @@ impl ClusterEnv {
     pub fn for_test(test: &str) -> Option<ClusterEnv> {
         match Self::load() {
             Some(e) => Some(e),
-            None if required() => panic!(
-                "{test}: no cluster, and SERIN_E2E_REQUIRED=1 (run e2e/cluster.sh up first)"
-            ),
+            None if required() => {
+                panic!("{test}: no cluster, and SERIN_E2E_REQUIRED=1 (run e2e/cluster.sh up first)")
+            }
             None => {
                 eprintln!("{test}: skipped: no cluster (run e2e/cluster.sh up)");
                 None
@@ -259,7 +258,14 @@ async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
         Duration::from_secs(60),
         || {
             let pods = pods.clone();
-            async move { Ok(pods.list(&ListParams::default()).await?.items.is_empty().then_some(())) }
+            async move {
+                Ok(pods
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
         },
     )
     .await
@@ -285,7 +291,8 @@ impl Drop for TestNamespace {
                 let Ok(k) = Kubeconfig::read_from(&kc) else {
                     return;
                 };
-                let Ok(cfg) = Config::from_custom_kubeconfig(k, &KubeConfigOptions::default()).await
+                let Ok(cfg) =
+                    Config::from_custom_kubeconfig(k, &KubeConfigOptions::default()).await
                 else {
                     return;
                 };
@@ -318,6 +325,14 @@ pub struct SampleApp {
     pub scrape: bool,
     /// readinessProbe httpGet /readyz every second.
     pub readiness_probe: bool,
+    /// livenessProbe httpGet /healthz every second (restart after 2 failures).
+    pub liveness_probe: bool,
+    /// Raw container `env` entries (e.g. with `valueFrom`), added after `env`.
+    pub env_raw: Vec<Value>,
+    /// Raw container `envFrom` entries.
+    pub env_from: Vec<Value>,
+    /// Pod template annotations (besides the Prometheus ones).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl SampleApp {
@@ -333,7 +348,29 @@ impl SampleApp {
             port: 8080,
             scrape: true,
             readiness_probe: true,
+            liveness_probe: false,
+            env_raw: Vec::new(),
+            env_from: Vec::new(),
+            annotations: BTreeMap::new(),
         }
+    }
+    /// Adds a raw `env` entry, e.g. `{"name": "MESSAGE", "valueFrom": {"configMapKeyRef": ...}}`.
+    pub fn env_json(mut self, entry: Value) -> Self {
+        self.env_raw.push(entry);
+        self
+    }
+    /// Adds a raw `envFrom` entry, e.g. `{"configMapRef": {"name": "cfg"}}`.
+    pub fn env_from_json(mut self, entry: Value) -> Self {
+        self.env_from.push(entry);
+        self
+    }
+    pub fn liveness(mut self, on: bool) -> Self {
+        self.liveness_probe = on;
+        self
+    }
+    pub fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.annotations.insert(k.into(), v.into());
+        self
     }
     pub fn replicas(mut self, n: i32) -> Self {
         self.replicas = n;
@@ -366,7 +403,8 @@ impl SampleApp {
             json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         ];
         env.extend(self.env.iter().map(|(k, v)| json!({"name": k, "value": v})));
-        let mut annotations = BTreeMap::new();
+        env.extend(self.env_raw.iter().cloned());
+        let mut annotations = self.annotations.clone();
         if self.scrape {
             annotations.insert("prometheus.io/scrape".to_string(), "true".to_string());
             annotations.insert("prometheus.io/port".to_string(), self.port.to_string());
@@ -378,6 +416,15 @@ impl SampleApp {
             "env": env,
             "ports": [{"name": "http", "containerPort": self.port}],
         });
+        if !self.env_from.is_empty() {
+            container["envFrom"] = Value::Array(self.env_from.clone());
+        }
+        if self.liveness_probe {
+            container["livenessProbe"] = json!({
+                "httpGet": {"path": "/healthz", "port": self.port},
+                "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 1
+            });
+        }
         if self.readiness_probe {
             container["readinessProbe"] = json!({
                 "httpGet": {"path": "/readyz", "port": self.port},
@@ -505,7 +552,9 @@ pub async fn scale_deployment(client: &Client, ns: &str, name: &str, replicas: i
 /// discovery of its API resource. Handy for HTTPRoutes, TraefikServices, ...
 pub async fn apply_json(client: &Client, obj: Value) -> Result<kube::api::DynamicObject> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-    let api_version = obj["apiVersion"].as_str().ok_or_else(|| anyhow!("no apiVersion"))?;
+    let api_version = obj["apiVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no apiVersion"))?;
     let kind = obj["kind"].as_str().ok_or_else(|| anyhow!("no kind"))?;
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
@@ -642,7 +691,9 @@ mod tests {
 
     #[test]
     fn sample_app_manifests() {
-        let app = SampleApp::new("ns", "web", "/bin/app").replicas(3).version("v2");
+        let app = SampleApp::new("ns", "web", "/bin/app")
+            .replicas(3)
+            .version("v2");
         let d = app.deployment().unwrap();
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
@@ -657,7 +708,12 @@ mod tests {
         );
         let s = app.service().unwrap();
         assert_eq!(
-            s.spec.unwrap().selector.unwrap().get("app").map(String::as_str),
+            s.spec
+                .unwrap()
+                .selector
+                .unwrap()
+                .get("app")
+                .map(String::as_str),
             Some("web")
         );
     }

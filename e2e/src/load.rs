@@ -300,7 +300,7 @@ mod tests {
                     return;
                 };
                 n += 1;
-                let (status, version) = if n % 4 == 0 {
+                let (status, version) = if n.is_multiple_of(4) {
                     ("500 Internal Server Error", "v2")
                 } else {
                     ("200 OK", "v1")

@@ -13,8 +13,7 @@ use serde_json::json;
 use serin_e2e::load::{LoadSpec, run as run_load};
 use serin_e2e::{
     ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_pid, pod_ready, process_alive,
-    prom_query, prom_sum, scale_deployment, wait_deployment_available, wait_for,
-    wait_route_serves,
+    prom_query, prom_sum, scale_deployment, wait_deployment_available, wait_for, wait_route_serves,
 };
 
 const APP: &str = env!("CARGO_BIN_EXE_serin-sample-app");
@@ -34,7 +33,9 @@ async fn deployment_becomes_available_pods_answer_and_prometheus_scrapes() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-deploy").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-deploy")
+        .await
+        .expect("ns");
     let app = SampleApp::new(&ns.name, "podinfo", APP)
         .replicas(3)
         .version("v7");
@@ -43,7 +44,9 @@ async fn deployment_becomes_available_pods_answer_and_prometheus_scrapes() {
         .await
         .expect("deployment available");
 
-    let pods = list_pods(&client, &ns.name, "app=podinfo").await.expect("pods");
+    let pods = list_pods(&client, &ns.name, "app=podinfo")
+        .await
+        .expect("pods");
     assert_eq!(pods.len(), 3, "three pods");
     let http = http();
     let mut ips = std::collections::BTreeSet::new();
@@ -54,7 +57,10 @@ async fn deployment_becomes_available_pods_answer_and_prometheus_scrapes() {
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .expect("pod IP");
-        assert!(ip.starts_with("10.244.0."), "pod IP {ip} in the pod network");
+        assert!(
+            ip.starts_with("10.244.0."),
+            "pod IP {ip} in the pod network"
+        );
         ips.insert(ip.clone());
         let body: serde_json::Value = http
             .get(format!("http://{ip}:8080/"))
@@ -65,28 +71,40 @@ async fn deployment_becomes_available_pods_answer_and_prometheus_scrapes() {
             .await
             .expect("json");
         assert_eq!(body["version"], "v7");
-        assert_eq!(body["pod"], name.as_str(), "the process at {ip} is pod {name}");
+        assert_eq!(
+            body["pod"],
+            name.as_str(),
+            "the process at {ip} is pod {name}"
+        );
     }
     assert_eq!(ips.len(), 3, "distinct pod IPs");
 
     // Prometheus scrapes each pod (file_sd kept by the kubelet simulator).
     let q = format!("up{{job=\"pods\",namespace=\"{}\"}} == 1", ns.name);
-    wait_for("Prometheus to scrape 3 pods", Duration::from_secs(30), || {
-        let q = q.clone();
-        let prom = env.prometheus.clone();
-        async move { Ok((prom_query(&prom, &q).await?.len() == 3).then_some(())) }
-    })
+    wait_for(
+        "Prometheus to scrape 3 pods",
+        Duration::from_secs(30),
+        || {
+            let q = q.clone();
+            let prom = env.prometheus.clone();
+            async move { Ok((prom_query(&prom, &q).await?.len() == 3).then_some(())) }
+        },
+    )
     .await
     .expect("scraped");
     let q = format!(
         "sum(http_request_duration_seconds_count{{namespace=\"{}\",status=\"200\"}})",
         ns.name
     );
-    wait_for("the app's histogram in Prometheus", Duration::from_secs(30), || {
-        let q = q.clone();
-        let prom = env.prometheus.clone();
-        async move { Ok((prom_sum(&prom, &q).await? >= 3.0).then_some(())) }
-    })
+    wait_for(
+        "the app's histogram in Prometheus",
+        Duration::from_secs(30),
+        || {
+            let q = q.clone();
+            let prom = env.prometheus.clone();
+            async move { Ok((prom_sum(&prom, &q).await? >= 3.0).then_some(())) }
+        },
+    )
     .await
     .expect("histogram scraped");
     ns.cleanup().await.expect("cleanup");
@@ -98,7 +116,9 @@ async fn scaling_to_zero_stops_every_process() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-scale").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-scale")
+        .await
+        .expect("ns");
     SampleApp::new(&ns.name, "web", APP)
         .replicas(3)
         .deploy(&client)
@@ -114,11 +134,18 @@ async fn scaling_to_zero_stops_every_process() {
         assert!(process_alive(*pid), "process {pid} runs");
     }
 
-    scale_deployment(&client, &ns.name, "web", 0).await.expect("scale");
+    scale_deployment(&client, &ns.name, "web", 0)
+        .await
+        .expect("scale");
     wait_for("all pods gone", Duration::from_secs(30), || {
         let client = client.clone();
         let ns = ns.name.clone();
-        async move { Ok(list_pods(&client, &ns, "app=web").await?.is_empty().then_some(())) }
+        async move {
+            Ok(list_pods(&client, &ns, "app=web")
+                .await?
+                .is_empty()
+                .then_some(()))
+        }
     })
     .await
     .expect("pods deleted");
@@ -140,7 +167,9 @@ async fn crashing_process_is_reported_not_ready_with_restarts() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-crash").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-crash")
+        .await
+        .expect("ns");
     SampleApp::new(&ns.name, "crashy", APP)
         .env("CRASH", "true")
         .deploy(&client)
@@ -153,7 +182,9 @@ async fn crashing_process_is_reported_not_ready_with_restarts() {
         || {
             let pods = pods.clone();
             async move {
-                let list = pods.list(&ListParams::default().labels("app=crashy")).await?;
+                let list = pods
+                    .list(&ListParams::default().labels("app=crashy"))
+                    .await?;
                 Ok(list.items.into_iter().find(|p| {
                     p.status
                         .as_ref()
@@ -167,7 +198,13 @@ async fn crashing_process_is_reported_not_ready_with_restarts() {
     .await
     .expect("restarts");
     assert!(!pod_ready(&pod), "a crash-looping pod is not Ready");
-    let cs = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+    let cs = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
     assert!(!cs.ready);
     let last = cs
         .last_state
@@ -201,7 +238,13 @@ async fn deploy_pair(client: &kube::Client, ns: &str) {
         .expect("canary available");
 }
 
-fn httproute(env: &ClusterEnv, ns: &str, host: &str, primary: i32, canary: i32) -> serde_json::Value {
+fn httproute(
+    env: &ClusterEnv,
+    ns: &str,
+    host: &str,
+    primary: i32,
+    canary: i32,
+) -> serde_json::Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -246,7 +289,11 @@ fn ingress_route(ns: &str, host: &str) -> serde_json::Value {
 }
 
 /// Sends 1000 requests and checks the canary share is 20 % ± 5 points.
-async fn assert_split(env: &ClusterEnv, host: &str, canary_share: f64) -> serin_e2e::load::LoadReport {
+async fn assert_split(
+    env: &ClusterEnv,
+    host: &str,
+    canary_share: f64,
+) -> serin_e2e::load::LoadReport {
     let r = run_load(&LoadSpec::new(&env.gateway).host(host).requests(1000, 250.0))
         .await
         .expect("load");
@@ -254,7 +301,11 @@ async fn assert_split(env: &ClusterEnv, host: &str, canary_share: f64) -> serin_
         "{host}: {} responses, by version {:?}, by status {:?}",
         r.responses, r.by_version, r.by_status
     );
-    assert_eq!(r.responses, 1000, "every request answered: {:?}", r.sample_errors);
+    assert_eq!(
+        r.responses, 1000,
+        "every request answered: {:?}",
+        r.sample_errors
+    );
     assert_eq!(r.by_status.get(&200), Some(&1000), "all 200");
     assert_eq!(r.count("v1") + r.count("v2"), 1000, "only v1 and v2 answer");
     let share = r.version_share("v2");
@@ -268,10 +319,14 @@ async fn assert_split(env: &ClusterEnv, host: &str, canary_share: f64) -> serin_
 /// After a weight change to 0/100 at `t0`, measures how long until 20
 /// consecutive responses all come from v2.
 async fn time_until_all_canary(env: &ClusterEnv, host: &str, t0: Instant) -> Duration {
-    wait_for("the weight change to take effect", Duration::from_secs(10), || async {
-        let r = run_load(&LoadSpec::new(&env.gateway).host(host).requests(20, 400.0)).await?;
-        Ok((r.count("v2") == 20).then_some(()))
-    })
+    wait_for(
+        "the weight change to take effect",
+        Duration::from_secs(10),
+        || async {
+            let r = run_load(&LoadSpec::new(&env.gateway).host(host).requests(20, 400.0)).await?;
+            Ok((r.count("v2") == 20).then_some(()))
+        },
+    )
     .await
     .expect("weight change took effect");
     t0.elapsed()
@@ -283,7 +338,9 @@ async fn httproute_weights_split_real_traffic() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-httproute").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-httproute")
+        .await
+        .expect("ns");
     deploy_pair(&client, &ns.name).await;
     let host = format!("{}.e2e.test", ns.name);
     apply_json(&client, httproute(&env, &ns.name, &host, 80, 20))
@@ -300,7 +357,10 @@ async fn httproute_weights_split_real_traffic() {
         .expect("weight change");
     let took = time_until_all_canary(&env, &host, t0).await;
     eprintln!("HTTPRoute weight change took effect in {took:?}");
-    assert!(took <= Duration::from_secs(5), "weight change took {took:?}");
+    assert!(
+        took <= Duration::from_secs(5),
+        "weight change took {took:?}"
+    );
     assert_split(&env, &host, 1.0).await;
     ns.cleanup().await.expect("cleanup");
 }
@@ -311,7 +371,9 @@ async fn traefikservice_weights_split_real_traffic() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-traefiksvc").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-traefiksvc")
+        .await
+        .expect("ns");
     deploy_pair(&client, &ns.name).await;
     let host = format!("{}.e2e.test", ns.name);
     apply_json(&client, traefik_service(&ns.name, 80, 20))
@@ -331,7 +393,10 @@ async fn traefikservice_weights_split_real_traffic() {
         .expect("weight change");
     let took = time_until_all_canary(&env, &host, t0).await;
     eprintln!("TraefikService weight change took effect in {took:?}");
-    assert!(took <= Duration::from_secs(5), "weight change took {took:?}");
+    assert!(
+        took <= Duration::from_secs(5),
+        "weight change took {took:?}"
+    );
     assert_split(&env, &host, 1.0).await;
     ns.cleanup().await.expect("cleanup");
 }
@@ -342,7 +407,9 @@ async fn promql_split_matches_load_generator_counts() {
         return;
     };
     let client = env.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "e2e-promsplit").await.expect("ns");
+    let ns = TestNamespace::create(&client, "e2e-promsplit")
+        .await
+        .expect("ns");
     deploy_pair(&client, &ns.name).await;
     let host = format!("{}.e2e.test", ns.name);
     apply_json(&client, httproute(&env, &ns.name, &host, 70, 30))
@@ -356,26 +423,36 @@ async fn promql_split_matches_load_generator_counts() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let before = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = run_load(&LoadSpec::new(&env.gateway).host(&host).requests(1000, 250.0))
-        .await
-        .expect("load");
+    let r = run_load(
+        &LoadSpec::new(&env.gateway)
+            .host(&host)
+            .requests(1000, 250.0),
+    )
+    .await
+    .expect("load");
     assert_eq!(r.responses, 1000, "{:?}", r.sample_errors);
     let gen_share = r.version_share("v2");
 
-    let sel_all = format!("traefik_service_requests_total{{service=~\"{}-(primary|canary)-.*\"}}", ns.name);
-    let sel_canary = format!("traefik_service_requests_total{{service=~\"{}-canary-.*\"}}", ns.name);
+    let sel_all = format!(
+        "traefik_service_requests_total{{service=~\"{}-(primary|canary)-.*\"}}",
+        ns.name
+    );
+    let sel_canary = format!(
+        "traefik_service_requests_total{{service=~\"{}-canary-.*\"}}",
+        ns.name
+    );
     // Counter deltas since `before`, computed by Prometheus.
     let (total, share) = wait_for(
         "Prometheus to have scraped all 1000 requests",
         Duration::from_secs(20),
         || {
-            let (sel_all, sel_canary, prom) = (sel_all.clone(), sel_canary.clone(), env.prometheus.clone());
+            let (sel_all, sel_canary, prom) =
+                (sel_all.clone(), sel_canary.clone(), env.prometheus.clone());
             async move {
                 let off = format!("{}ms", before.elapsed().as_millis());
                 let total_q = format!("sum({sel_all}) - sum({sel_all} offset {off})");
-                let share_q = format!(
-                    "(sum({sel_canary}) - sum({sel_canary} offset {off})) / ({total_q})"
-                );
+                let share_q =
+                    format!("(sum({sel_canary}) - sum({sel_canary} offset {off})) / ({total_q})");
                 let total = prom_sum(&prom, &total_q).await?;
                 if total < 1000.0 {
                     return Ok(None);
@@ -391,12 +468,18 @@ async fn promql_split_matches_load_generator_counts() {
         "load generator: v2 share {gen_share:.4} of {}; PromQL: share {share:.4} of {total}",
         r.responses
     );
-    assert!((total - 1000.0).abs() < 1.0, "Prometheus counted {total} requests, the generator 1000");
+    assert!(
+        (total - 1000.0).abs() < 1.0,
+        "Prometheus counted {total} requests, the generator 1000"
+    );
     assert!(
         (share - gen_share).abs() <= 0.02,
         "PromQL share {share:.4} vs load generator {gen_share:.4}"
     );
-    assert!((share - 0.30).abs() <= 0.05, "PromQL share {share:.4} vs weight 30 %");
+    assert!(
+        (share - 0.30).abs() <= 0.05,
+        "PromQL share {share:.4} vs weight 30 %"
+    );
     ns.cleanup().await.expect("cleanup");
 }
 
@@ -408,7 +491,10 @@ async fn token_without_rbac_rights_is_refused() {
     assert!(!env.user_token.is_empty(), "SERIN_E2E_USER_TOKEN set");
     let admin = env.client().await.expect("client");
     let ns = TestNamespace::create(&admin, "e2e-rbac").await.expect("ns");
-    let user = env.client_with_token(&env.user_token).await.expect("user client");
+    let user = env
+        .client_with_token(&env.user_token)
+        .await
+        .expect("user client");
     let pods: Api<Pod> = Api::namespaced(user.clone(), &ns.name);
     match pods.list(&ListParams::default()).await {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "refused with 403: {s:?}"),
@@ -416,7 +502,10 @@ async fn token_without_rbac_rights_is_refused() {
     }
     // A bogus token is not a user at all.
     let anon = env.client_with_token("not-a-token").await.expect("client");
-    match Api::<Pod>::namespaced(anon, &ns.name).list(&ListParams::default()).await {
+    match Api::<Pod>::namespaced(anon, &ns.name)
+        .list(&ListParams::default())
+        .await
+    {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
         other => panic!("expected 401 for an unknown token, got {other:?}"),
     }
@@ -446,5 +535,202 @@ async fn token_without_rbac_rights_is_refused() {
         other.list(&ListParams::default()).await,
         Err(kube::Error::Api(s)) if s.code == 403
     ));
+    ns.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_decide_readiness_and_restarts() {
+    let Some(env) = ClusterEnv::for_test("probes_decide_readiness_and_restarts") else {
+        return;
+    };
+    let client = env.client().await.expect("client");
+    let ns = TestNamespace::create(&client, "e2e-probes")
+        .await
+        .expect("ns");
+    // Runs, but its readiness probe fails: Running, not Ready, not an endpoint.
+    SampleApp::new(&ns.name, "notready", APP)
+        .env("READY", "false")
+        .deploy(&client)
+        .await
+        .expect("notready");
+    // Its liveness probe fails: the simulator restarts it though it never exits.
+    SampleApp::new(&ns.name, "unhealthy", APP)
+        .env("HEALTHY", "false")
+        .liveness(true)
+        .deploy(&client)
+        .await
+        .expect("unhealthy");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let notready = wait_for("the not-ready pod to run", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=notready"))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && pod_pid(p).is_some()
+            }))
+        }
+    })
+    .await
+    .expect("running");
+    // Give the readiness probe several periods: it must stay not ready.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = pods
+        .get(notready.metadata.name.as_deref().unwrap())
+        .await
+        .expect("pod");
+    assert!(
+        !pod_ready(&p),
+        "readinessProbe failing: pod must not be Ready"
+    );
+    let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let eps: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), &ns.name);
+    let ep = eps.get("notready").await.expect("endpoints");
+    let subsets = ep.subsets.unwrap_or_default();
+    let ready: Vec<_> = subsets
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .collect();
+    let not_ready: Vec<_> = subsets
+        .iter()
+        .flat_map(|s| s.not_ready_addresses.iter().flatten())
+        .map(|a| a.ip.clone())
+        .collect();
+    assert!(ready.is_empty(), "no ready endpoint: {ready:?}");
+    assert_eq!(not_ready, vec![ip.clone()], "listed as not ready");
+    // The process itself answers: only the probe keeps it out.
+    let resp = http()
+        .get(format!("http://{ip}:8080/readyz"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status(), 503);
+
+    let restarted = wait_for("the liveness restart", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=unhealthy"))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .is_some_and(|c| c.restart_count >= 1)
+            }))
+        }
+    })
+    .await
+    .expect("liveness restart");
+    let cs = &restarted
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert!(
+        cs.last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some(),
+        "lastState.terminated after a liveness kill"
+    );
+    ns.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_and_secret_values_reach_the_process() {
+    let Some(env) = ClusterEnv::for_test("configmap_and_secret_values_reach_the_process") else {
+        return;
+    };
+    let client = env.client().await.expect("client");
+    let ns = TestNamespace::create(&client, "e2e-config")
+        .await
+        .expect("ns");
+    let cm = |msg: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "app-config", "namespace": ns.name},
+               "data": {"MESSAGE": msg, "LATENCY_MS": "0"}})
+    };
+    apply_json(&client, cm("hello-1")).await.expect("configmap");
+    apply_json(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "app-secret", "namespace": ns.name},
+               "stringData": {"version": "v-secret"}}),
+    )
+    .await
+    .expect("secret");
+    SampleApp::new(&ns.name, "cfg", APP)
+        .env_from_json(json!({"configMapRef": {"name": "app-config"}}))
+        .env_json(json!({"name": "VERSION", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "version"}}}))
+        .deploy(&client)
+        .await
+        .expect("deploy");
+    wait_deployment_available(&client, &ns.name, "cfg", 1, Duration::from_secs(60))
+        .await
+        .expect("available");
+    let answer = |client: kube::Client, ns: String| async move {
+        let pods = list_pods(&client, &ns, "app=cfg").await?;
+        let ready: Vec<_> = pods
+            .iter()
+            .filter(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if ready.len() != 1 || pods.len() != 1 {
+            return Ok(None);
+        }
+        let ip = ready[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let body: serde_json::Value = http()
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(Some(body))
+    };
+    let body = wait_for("the pod to answer", Duration::from_secs(20), || {
+        answer(client.clone(), ns.name.clone())
+    })
+    .await
+    .expect("answer");
+    assert_eq!(body["message"], "hello-1", "envFrom configMapRef");
+    assert_eq!(
+        body["version"], "v-secret",
+        "secretKeyRef (VERSION from env wins over the default)"
+    );
+
+    // A ConfigMap change plus a template change (what a config-tracking
+    // operator does) gives a process with the new value.
+    apply_json(&client, cm("hello-2"))
+        .await
+        .expect("configmap update");
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    deps.patch(
+        "cfg",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"serin.dev/config-hash": "2"}}}}})),
+    )
+    .await
+    .expect("rollout");
+    wait_for(
+        "the new process to answer with the new message",
+        Duration::from_secs(45),
+        || {
+            let f = answer(client.clone(), ns.name.clone());
+            async move { Ok(f.await?.filter(|b| b["message"] == "hello-2")) }
+        },
+    )
+    .await
+    .expect("new message");
     ns.cleanup().await.expect("cleanup");
 }

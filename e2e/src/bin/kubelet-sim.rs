@@ -34,7 +34,10 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "serin-kubelet-sim", about = "Kubelet simulator for Serin's local test cluster")]
+#[command(
+    name = "serin-kubelet-sim",
+    about = "Kubelet simulator for Serin's local test cluster"
+)]
 struct Args {
     /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
@@ -306,7 +309,8 @@ async fn post_node_status(sim: &Sim) -> Result<()> {
 async fn renew_lease(sim: &Sim) -> Result<()> {
     let leases: Api<Lease> = Api::namespaced(sim.client.clone(), "kube-node-lease");
     let now = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-    let spec = json!({"holderIdentity": sim.args.node_name, "leaseDurationSeconds": 40, "renewTime": now});
+    let spec =
+        json!({"holderIdentity": sim.args.node_name, "leaseDurationSeconds": 40, "renewTime": now});
     match leases
         .patch(
             &sim.args.node_name,
@@ -428,7 +432,10 @@ async fn pod_loop(sim: Arc<Sim>) -> Result<()> {
         tasks.push(h.task);
     }
     let all = futures::future::join_all(tasks);
-    if tokio::time::timeout(Duration::from_secs(15), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), all)
+        .await
+        .is_err()
+    {
         warn!("some pods did not stop within 15 s");
     }
     Ok(())
@@ -459,7 +466,10 @@ fn on_pod(
         return;
     }
     if node.is_none() {
-        let scheduler = spec.scheduler_name.as_deref().unwrap_or("default-scheduler");
+        let scheduler = spec
+            .scheduler_name
+            .as_deref()
+            .unwrap_or("default-scheduler");
         if scheduler == "default-scheduler" && binding.insert(uid) {
             let sim = sim.clone();
             tokio::spawn(async move { bind_pod(&sim, &pod).await });
@@ -582,7 +592,16 @@ async fn setup_netns(sim: &Sim, uid: &str) -> Result<Netns> {
     let steps: Vec<Vec<&str>> = vec![
         vec!["netns", "add", n],
         vec![
-            "link", "add", &netns.host_veth, "type", "veth", "peer", "name", &peer, "netns", n,
+            "link",
+            "add",
+            &netns.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            n,
         ],
         vec!["link", "set", &netns.host_veth, "master", &sim.args.bridge],
         vec!["link", "set", &netns.host_veth, "up"],
@@ -945,7 +964,12 @@ async fn start_container(
         .stderr(Stdio::from(log2))
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = c.spec.working_dir.as_deref().filter(|d| Path::new(d).is_dir()) {
+    if let Some(dir) = c
+        .spec
+        .working_dir
+        .as_deref()
+        .filter(|d| Path::new(d).is_dir())
+    {
         cmd.current_dir(dir);
     } else {
         cmd.current_dir(&sim.args.state_dir);
@@ -1038,7 +1062,8 @@ async fn run_probe(
     c: &Container,
 ) -> Option<bool> {
     let now = Instant::now();
-    let first = started + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
+    let first =
+        started + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
     let due = st.next_at.unwrap_or(first);
     if now < due {
         return None;
@@ -1205,7 +1230,8 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
                         warn!("{key} container {}: {reason}: {msg}", c.spec.name);
                         c.waiting = Some((reason, msg));
                         c.next_start = Instant::now() + c.backoff;
-                        c.backoff = (c.backoff * 2).min(Duration::from_secs(sim.args.max_backoff_secs));
+                        c.backoff =
+                            (c.backoff * 2).min(Duration::from_secs(sim.args.max_backoff_secs));
                     }
                 }
             }
@@ -1215,7 +1241,10 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
                     && run_probe(&sim, &p, &mut c.liveness, started, netns.ip, &c.spec).await
                         == Some(false)
                 {
-                    info!("{key} container {}: liveness probe failed, restarting", c.spec.name);
+                    info!(
+                        "{key} container {}: liveness probe failed, restarting",
+                        c.spec.name
+                    );
                     let code = stop_child(c, grace).await.unwrap_or(137);
                     c.ready = false;
                     on_exit(c, code, &restart_policy, sim.args.max_backoff_secs);
@@ -1239,7 +1268,7 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
             }
         }
 
-        let status = pod_status(&sim, &netns, &containers, &restart_policy, &start_time, &mut conds);
+        let status = pod_status(&sim, &netns, &containers, &start_time, &mut conds);
         update_scrape(&sim, &pod, &uid, &netns, &containers);
         if last_status.as_ref() != Some(&status) {
             match api
@@ -1318,7 +1347,6 @@ fn pod_status(
     sim: &Sim,
     netns: &Netns,
     containers: &[ContainerRt],
-    restart_policy: &str,
     start_time: &str,
     conds: &mut Conditions,
 ) -> Value {
@@ -1331,11 +1359,7 @@ fn pod_status(
                 .and_then(|t| t["terminated"]["exitCode"].as_i64())
                 == Some(0)
         });
-        if ok || restart_policy == "OnFailure" && ok {
-            "Succeeded"
-        } else {
-            "Failed"
-        }
+        if ok { "Succeeded" } else { "Failed" }
     } else {
         "Running"
     };

@@ -9,7 +9,10 @@ use clap::Parser;
 use serin_e2e::load::{LoadSpec, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "serin-loadgen", about = "Bounded HTTP load generator for the local test cluster")]
+#[command(
+    name = "serin-loadgen",
+    about = "Bounded HTTP load generator for the local test cluster"
+)]
 struct Args {
     /// Target URL (loopback or the cluster's pod network only).
     #[arg(long)]

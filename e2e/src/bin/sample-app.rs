@@ -23,7 +23,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "serin-sample-app", about = "podinfo-like sample app for Serin's e2e tests")]
+#[command(
+    name = "serin-sample-app",
+    about = "podinfo-like sample app for Serin's e2e tests"
+)]
 struct Args {
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 8080)]
@@ -43,6 +46,9 @@ struct Args {
     /// When false, `/readyz` answers 503.
     #[arg(long, env = "READY", default_value_t = true, action = clap::ArgAction::Set)]
     ready: bool,
+    /// When false, `/healthz` answers 500 (liveness probes fail).
+    #[arg(long, env = "HEALTHY", default_value_t = true, action = clap::ArgAction::Set)]
+    healthy: bool,
     /// Exit with code 1: "true"/"now"/"0" right away, or after N seconds.
     #[arg(long, env = "CRASH")]
     crash: Option<String>,
@@ -140,8 +146,12 @@ async fn version(State(state): State<Arc<AppState>>) -> Response {
     resp
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.args.healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy")
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
@@ -190,9 +200,8 @@ async fn main() {
         });
     }
 
-    let duration = Family::<StatusLabel, Histogram>::new_with_constructor(
-        new_histogram as fn() -> Histogram,
-    );
+    let duration =
+        Family::<StatusLabel, Histogram>::new_with_constructor(new_histogram as fn() -> Histogram);
     let mut registry = Registry::default();
     registry.register(
         "http_request_duration_seconds",
@@ -205,7 +214,10 @@ async fn main() {
     let addr: SocketAddr = match format!("{}:{}", args.bind, args.port).parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("serin-sample-app: bad address {}:{}: {e}", args.bind, args.port);
+            eprintln!(
+                "serin-sample-app: bad address {}:{}: {e}",
+                args.bind, args.port
+            );
             std::process::exit(2);
         }
     };
@@ -236,11 +248,11 @@ async fn main() {
         state.args.version, state.args.error_rate, state.args.latency_ms, state.args.ready
     );
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
