@@ -7,6 +7,7 @@
 #   e2e/cluster.sh down     stop everything by pid, remove netns/veths/bridge/state
 #   e2e/cluster.sh status   show each component
 #   e2e/cluster.sh env      print export lines for scripts and tests (eval them)
+#   e2e/cluster.sh deps     only install/build what is missing (packages, traefik, k8s)
 #
 # Environment: SERIN_E2E_STATE (default /tmp/serin-e2e), SERIN_E2E_CACHE
 # (default ~/.cache/serin-e2e), SERIN_E2E_CRDS (default ../shared/upstream-crds
@@ -613,13 +614,21 @@ cmd_env() {
   cat "$STATE/env"
 }
 
+cmd_deps() {
+  preflight
+  install_packages
+  bash "$REPO/e2e/scripts/build-k8s.sh" >/dev/null || die "building kube-apiserver/kube-controller-manager failed (log: $CACHE/build-k8s.log)"
+  log "dependencies present (Debian packages, traefik $TRAEFIK_VERSION venv, kubernetes binaries)"
+}
+
 case "${1:-}" in
+deps) cmd_deps ;;
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 env) cmd_env ;;
 *)
-  echo "usage: $0 up|down|status|env" >&2
+  echo "usage: $0 up|down|status|env|deps" >&2
   exit 2
   ;;
 esac
