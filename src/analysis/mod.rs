@@ -404,18 +404,20 @@ async fn measure(
     timeout: Duration,
 ) -> Result<(Option<f64>, Option<(f64, f64)>), AnalysisError> {
     let plan = plan(ctx, canary, settings, metric, timeout).await?;
-    let samples = match (&plan.sample_query, metric.min_sample_count) {
-        (Some(q), Some(min)) => {
-            let count = plan
+    // Both queries at once: the check's timeout then bounds one round trip, not two.
+    let count = async {
+        match (&plan.sample_query, metric.min_sample_count) {
+            (Some(q), Some(min)) => plan
                 .client
                 .query(q)
                 .await
-                .map_err(AnalysisError::SampleCount)?;
-            Some((count.unwrap_or(0.0), min))
+                .map(|c| Some((c.unwrap_or(0.0), min)))
+                .map_err(AnalysisError::SampleCount),
+            _ => Ok(None),
         }
-        _ => None,
     };
-    let value = plan.client.query(&plan.query).await?;
+    let (samples, value) = futures::join!(count, plan.client.query(&plan.query));
+    let (samples, value) = (samples?, value?);
     Ok((value, samples))
 }
 

@@ -309,6 +309,62 @@ pub(crate) mod tests {
         format!("http://{addr}")
     }
 
+    /// A TLS listener with a self-signed certificate (test-only key in testdata/),
+    /// to check that skip-verify options really change what the client accepts.
+    struct TlsListener {
+        tcp: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = std::net::SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((stream, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                // A client that rejects the certificate fails the handshake: keep
+                // serving the next connection.
+                if let Ok(tls) = self.acceptor.accept(stream).await {
+                    return (tls, addr);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    pub(crate) async fn serve_tls(app: Router) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = CertificateDer::pem_slice_iter(include_bytes!("testdata/test-only-cert.pem"))
+            .collect::<Result<Vec<_>, _>>()
+            .expect("test cert");
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("testdata/test-only-key.pem"))
+            .expect("test key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("https://{addr}")
+    }
+
     /// A fake Prometheus: the answer depends on the query text, so each case below
     /// exercises one kind of response.
     pub(crate) fn fake_prometheus() -> Router {
@@ -461,5 +517,16 @@ pub(crate) mod tests {
         let headers = BTreeMap::from([("X-Scope-OrgID".to_string(), vec!["team-a".to_string()])]);
         let p = PromClient::new(&client(), &addr, Some(&headers), None, false, t).unwrap();
         assert_eq!(p.query("tenant").await.unwrap(), Some(7.0));
+    }
+
+    #[tokio::test]
+    async fn insecure_skip_verify_accepts_a_self_signed_server() {
+        let addr = serve_tls(fake_prometheus()).await;
+        let t = Duration::from_secs(2);
+        let strict = PromClient::new(&client(), &addr, None, None, false, t).unwrap();
+        let err = strict.query("value:1").await.unwrap_err();
+        assert!(matches!(err, PromError::Unreachable { .. }), "{err:?}");
+        let lax = PromClient::new(&client(), &addr, None, None, true, t).unwrap();
+        assert_eq!(lax.query("value:1").await.unwrap(), Some(1.0));
     }
 }

@@ -124,8 +124,6 @@ pub fn render(query: &str, model: &TemplateModel) -> Result<String, TemplateErro
         let inner = after[..end].trim();
         let inner = inner.strip_prefix('-').unwrap_or(inner);
         let inner = inner.strip_suffix('-').unwrap_or(inner).trim();
-        // Go templates also accept a leading dot (`{{ .name }}` is not valid in
-        // Flagger, but `{{ variables.x }}` is); only the bare forms are accepted.
         out.push_str(model.lookup(inner)?);
         let consumed = start + 2 + end + 2;
         offset += consumed;

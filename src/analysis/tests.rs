@@ -905,3 +905,68 @@ fn muted_webhooks_are_recognised() {
     assert!(!is_alert_muted(&c, &status("quiet", CheckKind::Metric)));
     assert!(!is_alert_muted(&c, &status("loud", CheckKind::Webhook)));
 }
+
+#[tokio::test]
+async fn gates_of_the_tester_drive_webhook_verdicts() {
+    let tester = serve(crate::tester::router()).await;
+    let c = canary(
+        "istio",
+        vec![],
+        vec![
+            hook(
+                "approval",
+                WebhookType::ConfirmPromotion,
+                format!("{tester}/gate/check"),
+            ),
+            hook(
+                "rollback",
+                WebhookType::Rollback,
+                format!("{tester}/rollback/check"),
+            ),
+            CanaryWebhook {
+                metadata: Some(
+                    serde_json::json!({"type": "load", "url": format!("{tester}/healthz"), "rate": "5", "duration": "1s"}),
+                ),
+                ..hook("load", WebhookType::Rollout, format!("{tester}/"))
+            },
+        ],
+    );
+    let ctx = ctx(None, FakeSecrets::default(), FakeTemplates::default());
+    let verdict = |v: Vec<CheckStatus>| (v[0].verdict, v[0].value);
+    let promote = || {
+        run_webhooks(
+            &ctx,
+            &c,
+            WebhookType::ConfirmPromotion,
+            Phase::WaitingPromotion,
+        )
+    };
+    assert_eq!(verdict(promote().await), (Verdict::Fail, Some(403.0)));
+    let rollback = || run_webhooks(&ctx, &c, WebhookType::Rollback, Phase::Progressing);
+    assert_eq!(
+        verdict(rollback().await),
+        (Verdict::Fail, Some(403.0)),
+        "no rollback asked"
+    );
+
+    // What a user does with curl: open the gates with the Canary's name.
+    let who = serde_json::json!({"name": "podinfo", "namespace": "test"});
+    for path in ["/gate/open", "/rollback/open"] {
+        let r = client()
+            .post(format!("{tester}{path}"))
+            .json(&who)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    assert_eq!(verdict(promote().await), (Verdict::Pass, Some(200.0)));
+    assert_eq!(
+        verdict(rollback().await),
+        (Verdict::Pass, Some(200.0)),
+        "rollback asked"
+    );
+
+    let load = run_webhooks(&ctx, &c, WebhookType::Rollout, Phase::Progressing).await;
+    assert_eq!(verdict(load), (Verdict::Pass, Some(202.0)));
+}

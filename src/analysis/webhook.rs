@@ -214,7 +214,7 @@ pub async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::prometheus::tests::{client, serve};
+    use crate::analysis::prometheus::tests::{client, serve, serve_tls};
     use crate::crd::{CanarySpec, CanaryStatus};
     use axum::Router;
     use axum::extract::State;
@@ -393,5 +393,26 @@ mod tests {
                 "metadata": {"team": "a", "eventMessage": "Rolling back podinfo.test", "eventType": "Warning", "timestamp": "1700000000123"}
             })
         );
+    }
+
+    #[tokio::test]
+    async fn disable_tls_accepts_a_self_signed_receiver() {
+        let seen = Arc::new(Seen::default());
+        let addr = serve_tls(receiver(seen.clone())).await;
+        let payload = WebhookPayload::new(&canary(), Phase::Progressing, None);
+        let err = call(&client(), &format!("{addr}/ok"), &payload, &opts(0, 2000))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WebhookError::Unreachable { .. }), "{err:?}");
+        assert_eq!(seen.hits.load(Ordering::SeqCst), 0);
+        let mut o = opts(0, 2000);
+        o.disable_tls = true;
+        assert_eq!(
+            call(&client(), &format!("{addr}/ok"), &payload, &o)
+                .await
+                .unwrap(),
+            200
+        );
+        assert_eq!(seen.hits.load(Ordering::SeqCst), 1);
     }
 }

@@ -387,3 +387,32 @@ async fn global_defaults_apply_to_canaries_without_alerts() {
     assert_eq!(got[0].1["channel"], "general");
     assert_eq!(got[0].1["attachments"][0]["author_name"], "podinfo.test");
 }
+
+#[tokio::test]
+async fn proxy_from_secret_carries_the_alert() {
+    // The receiver doubles as an HTTP proxy: reqwest sends it the absolute URL of
+    // an address that does not resolve, so a delivery proves the proxy was used.
+    let (proxy, rx) = receiver().await;
+    let secrets = Secrets(BTreeMap::from([(
+        ("test".to_string(), "via-proxy".to_string()),
+        BTreeMap::from([
+            (
+                "address".to_string(),
+                b"http://alerts.invalid/proxied".to_vec(),
+            ),
+            ("proxy".to_string(), proxy.into_bytes()),
+        ]),
+    )]));
+    let providers = Providers(vec![provider("hook", "webhook", None, Some("via-proxy"))]);
+    let n = notifier(providers, secrets);
+    assert_eq!(
+        n.notify(&canary(vec![("hook", None)]), &failure())
+            .await
+            .unwrap(),
+        1
+    );
+    let got = rx.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "/proxied");
+    assert_eq!(got[0].1["canary"], "podinfo");
+}
