@@ -381,7 +381,17 @@ async fn scenario(client: &Client, ns: &str) -> TestResult {
 
     // After promotion the target goes to 0; its revision does not change.
     let target = Workload::Deployment(deployments.get("podinfo").await?);
-    assert!(workloads.scale_target(&canary, &target, 0).await?);
+    let err = workloads
+        .scale_target_to_zero(&canary, &target, None, 100)
+        .await
+        .err()
+        .ok_or("scaling to 0 with no primary must be refused")?;
+    assert_eq!(err.reason(), "PrimaryNotReady");
+    assert!(
+        workloads
+            .scale_target_to_zero(&canary, &target, Some(&primary), 100)
+            .await?
+    );
     let target = Workload::Deployment(deployments.get("podinfo").await?);
     assert_eq!(target.replicas(), Some(0));
     assert!(!workloads.scale_target(&canary, &target, 0).await?);

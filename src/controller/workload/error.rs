@@ -48,6 +48,9 @@ pub enum WorkloadError {
     #[error("the cluster serves neither autoscaling/v2 nor autoscaling/v2beta2 (served: {0})")]
     NoHpaApi(String),
 
+    #[error("not scaling the target to 0: primary {name} is not serving ({why})")]
+    PrimaryNotServing { name: String, why: String },
+
     #[error(
         "Canary {0} has no metadata.uid (it must come from the API server) so it cannot own objects"
     )]
@@ -97,6 +100,7 @@ impl WorkloadError {
             WorkloadError::InvalidAutoscaler { .. } => "AutoscalerInvalid",
             WorkloadError::NoHpaApi(_) => "AutoscalerApiMissing",
             WorkloadError::MissingUid(_) => "CanaryInvalid",
+            WorkloadError::PrimaryNotServing { .. } => "PrimaryNotReady",
             WorkloadError::Kube { .. } if self.is_conflict() => "Conflict",
             WorkloadError::Kube { .. } => "KubernetesApiError",
             WorkloadError::Serde { .. } => "SerializationError",

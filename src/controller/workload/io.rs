@@ -13,14 +13,15 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::autoscaler::{check_autoscaler_ref, render_primary_hpa};
 use super::configs::{render_config_copy_configmap, render_config_copy_secret};
-use super::patch::{escape, merge_map_keys, replace_paths, to_patch};
-use super::primary::{desired_target_replicas, managed_spec_paths, render_primary};
+use super::patch::{merge_map_keys, promote_ops, replace_paths, scale_ops, to_patch};
+use super::primary::{desired_target_replicas, render_primary};
 use super::{
-    ConfigSource, HpaVersion, SCALE_TO_ZERO_NODE_SELECTOR, TrackedConfigs, Workload, WorkloadError,
+    ConfigSource, HpaVersion, Readiness, TrackedConfigs, Workload, WorkloadError, primary_ready,
+    readiness,
 };
 use crate::crd::Canary;
 
@@ -88,22 +89,14 @@ impl Workloads {
     ) -> Result<bool, WorkloadError> {
         self.ensure_config_copies(canary, tracked, configs).await?;
         let desired = render_primary(canary, target, tracked, Some(primary))?;
-        let ns = canary.namespace_or_default();
-        let name = canary.primary_name();
-        let (have, want) = (to_json(primary)?, to_json(&desired)?);
-        let mut ops = replace_paths(&have, &want, managed_spec_paths(&desired));
-        let meta = desired.metadata();
-        ops.extend(merge_map_keys(
-            &have,
-            "/metadata/labels",
-            &meta.labels.clone().unwrap_or_default(),
-        ));
-        ops.extend(merge_map_keys(
-            &have,
-            "/metadata/annotations",
-            &meta.annotations.clone().unwrap_or_default(),
-        ));
-        self.patch_workload(&desired, &ns, &name, ops).await
+        let ops = promote_ops(primary, &desired)?;
+        self.patch_workload(
+            &desired,
+            &canary.namespace_or_default(),
+            &canary.primary_name(),
+            ops,
+        )
+        .await
     }
 
     /// Creates or updates the `<name>-primary` copy of every tracked ConfigMap and
@@ -161,29 +154,33 @@ impl Workloads {
         target: &Workload,
         replicas: i32,
     ) -> Result<bool, WorkloadError> {
-        let ns = canary.namespace_or_default();
-        let have = to_json(target)?;
-        let ops = match target {
-            Workload::Deployment(_) if target.replicas() == Some(replicas) => Vec::new(),
-            Workload::Deployment(_) => {
-                vec![json!({"op": "add", "path": "/spec/replicas", "value": replicas})]
-            }
-            Workload::DaemonSet(_) => {
-                let path = "/spec/template/spec/nodeSelector";
-                match (replicas, target.is_scaled_to_zero()) {
-                    (0, false) => merge_map_keys(
-                        &have,
-                        path,
-                        &[(SCALE_TO_ZERO_NODE_SELECTOR.to_string(), "true".to_string())].into(),
-                    ),
-                    (n, true) if n > 0 => vec![
-                        json!({"op": "remove", "path": format!("{path}/{}", escape(SCALE_TO_ZERO_NODE_SELECTOR))}),
-                    ],
-                    _ => Vec::new(),
-                }
-            }
-        };
-        self.patch_workload(target, &ns, target.name(), ops).await
+        let ops = scale_ops(target, replicas)?;
+        self.patch_workload(target, &canary.namespace_or_default(), target.name(), ops)
+            .await
+    }
+
+    /// Scales the target to 0 only if the primary serves (exists, is not itself at 0,
+    /// and is ready at `primary_ready_threshold` percent): the target must never be
+    /// left at 0 with nothing serving. Use this rather than `scale_target(.., 0)`.
+    pub async fn scale_target_to_zero(
+        &self,
+        canary: &Canary,
+        target: &Workload,
+        primary: Option<&Workload>,
+        primary_ready_threshold: u32,
+    ) -> Result<bool, WorkloadError> {
+        if !primary_ready(primary, primary_ready_threshold) {
+            let why = match primary.map(|p| readiness(p, primary_ready_threshold)) {
+                None => "it does not exist".to_string(),
+                Some(Readiness::NotReady(m) | Readiness::Failed(m)) => m,
+                Some(Readiness::Ready) => "it is scaled to 0".to_string(),
+            };
+            return Err(WorkloadError::PrimaryNotServing {
+                name: canary.primary_name(),
+                why,
+            });
+        }
+        self.scale_target(canary, target, 0).await
     }
 
     /// `revertOnDeletion`: gives the target back its pods (the primary's replicas, or
