@@ -48,6 +48,16 @@ pub enum WorkloadError {
     #[error("the cluster serves neither autoscaling/v2 nor autoscaling/v2beta2 (served: {0})")]
     NoHpaApi(String),
 
+    #[error(
+        "{object} already exists and is controlled by {owner}: Serin does not take it over; delete it or rename the target"
+    )]
+    OwnedByOther { object: String, owner: String },
+
+    #[error(
+        "{object} already exists and was not created by Serin (no controller, no app.kubernetes.io/managed-by=serin label): Serin does not overwrite it; delete or rename it"
+    )]
+    NotManaged { object: String },
+
     #[error("not scaling the target to 0: primary {name} is not serving ({why})")]
     PrimaryNotServing { name: String, why: String },
 
@@ -101,6 +111,8 @@ impl WorkloadError {
             WorkloadError::NoHpaApi(_) => "AutoscalerApiMissing",
             WorkloadError::MissingUid(_) => "CanaryInvalid",
             WorkloadError::PrimaryNotServing { .. } => "PrimaryNotReady",
+            WorkloadError::OwnedByOther { .. } => "ObjectOwnedByOther",
+            WorkloadError::NotManaged { .. } => "ObjectNotManaged",
             WorkloadError::Kube { .. } if self.is_conflict() => "Conflict",
             WorkloadError::Kube { .. } => "KubernetesApiError",
             WorkloadError::Serde { .. } => "SerializationError",

@@ -17,7 +17,9 @@ use serde_json::Value;
 
 use super::autoscaler::{check_autoscaler_ref, render_primary_hpa};
 use super::configs::{render_config_copy_configmap, render_config_copy_secret};
-use super::patch::{merge_map_keys, promote_ops, replace_paths, scale_ops, to_patch};
+use super::patch::{
+    merge_map_keys, ownership_ops, promote_ops, replace_paths, scale_ops, to_patch,
+};
 use super::primary::{desired_target_replicas, render_primary};
 use super::{
     ConfigSource, HpaVersion, Readiness, TrackedConfigs, Workload, WorkloadError, primary_ready,
@@ -46,7 +48,8 @@ impl Workloads {
 
     /// Initialisation: creates the `-primary` config copies and the primary from the
     /// target if the primary does not exist yet; returns whether it was created. An
-    /// existing primary is left alone: only [`Workloads::promote`] changes what it runs.
+    /// existing primary keeps what it runs (only [`Workloads::promote`] changes that);
+    /// it is adopted if nobody controls it, and an error if someone else does.
     pub async fn ensure_primary(
         &self,
         canary: &Canary,
@@ -55,7 +58,11 @@ impl Workloads {
         tracked: &TrackedConfigs,
         configs: &dyn ConfigSource,
     ) -> Result<bool, WorkloadError> {
-        if primary.is_some() {
+        if let Some(p) = primary {
+            let object = format!("{} {}", p.kind(), p.name());
+            let ops = ownership_ops(p.metadata(), canary, &object)?;
+            self.patch_workload(p, &canary.namespace_or_default(), p.name(), ops)
+                .await?;
             return Ok(false);
         }
         // Copies first: the primary's pods reference them and would not start without.
@@ -89,7 +96,7 @@ impl Workloads {
     ) -> Result<bool, WorkloadError> {
         self.ensure_config_copies(canary, tracked, configs).await?;
         let desired = render_primary(canary, target, tracked, Some(primary))?;
-        let ops = promote_ops(primary, &desired)?;
+        let ops = promote_ops(canary, primary, &desired)?;
         self.patch_workload(
             &desired,
             &canary.namespace_or_default(),
@@ -118,6 +125,7 @@ impl Workloads {
                 .and_then(|n| configs.configmap(n));
             let api = self.api::<ConfigMap>(&ns);
             if upsert(
+                canary,
                 &api,
                 existing,
                 &desired,
@@ -137,7 +145,7 @@ impl Workloads {
                 .as_deref()
                 .and_then(|n| configs.secret(n));
             let api = self.api::<Secret>(&ns);
-            if upsert(&api, existing, &desired, &["/data"], "Secret").await? {
+            if upsert(canary, &api, existing, &desired, &["/data"], "Secret").await? {
                 writes += 1;
             }
         }
@@ -222,6 +230,7 @@ impl Workloads {
             &self.hpa.api_resource(),
         );
         upsert(
+            canary,
             &api,
             primary_hpa.cloned(),
             &desired,
@@ -278,12 +287,13 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value, WorkloadError> {
     serde_json::to_value(v).map_err(|e| WorkloadError::serde("serializing an object to compare", e))
 }
 
-/// Creates `desired` if `existing` is `None`, else patches the `paths` and the
-/// desired labels/annotations that differ. A create that finds the object already
+/// Creates `desired` if `existing` is `None`, else (once the Canary may own it, see
+/// `ownership_ops`) patches the `paths` and the desired labels/annotations that differ. A create that finds the object already
 /// there (the caller's cache did not hold it) falls back to one GET and a patch.
 /// Returns whether anything was written. Never formats the objects: they may be
 /// Secrets.
 async fn upsert<K>(
+    canary: &Canary,
     api: &Api<K>,
     existing: Option<K>,
     desired: &K,
@@ -314,8 +324,9 @@ where
             }
         }
     };
+    let mut ops = ownership_ops(existing.meta(), canary, &what)?;
     let (have, want) = (to_json(&existing)?, to_json(desired)?);
-    let mut ops = replace_paths(&have, &want, paths);
+    ops.extend(replace_paths(&have, &want, paths));
     let meta = desired.meta();
     ops.extend(merge_map_keys(
         &have,

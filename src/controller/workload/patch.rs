@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+
 use super::primary::managed_spec_paths;
 use super::{SCALE_TO_ZERO_NODE_SELECTOR, Workload, WorkloadError};
+use crate::crd::{Canary, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Escapes one JSON pointer segment (RFC 6901): label keys contain `/`.
 pub(crate) fn escape(segment: &str) -> String {
@@ -58,14 +62,60 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, WorkloadError> {
     serde_json::to_value(v).map_err(|e| WorkloadError::serde("serializing an object to compare", e))
 }
 
-/// What promotion changes on the existing primary to make it `desired`: the managed
-/// spec paths, and the desired labels and annotations (others' keys are kept).
+/// Before Serin changes an existing object it would own (primary, config copy, primary
+/// HPA): nothing if the Canary already owns it; an owner reference making the Canary
+/// its controller if nobody controls it and it carries Serin's managed-by label (left
+/// orphaned by `--cascade=orphan`); else an error, since it is not Serin's to
+/// overwrite (a user's object with a clashing name, or Flagger's).
+pub(crate) fn ownership_ops(
+    meta: &ObjectMeta,
+    canary: &Canary,
+    object: &str,
+) -> Result<Vec<Value>, WorkloadError> {
+    let owner = canary
+        .controller_owner_ref(&())
+        .ok_or_else(|| WorkloadError::MissingUid(canary.name_str().to_string()))?;
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    if refs.iter().any(|r| r.uid == owner.uid) {
+        return Ok(Vec::new());
+    }
+    if let Some(other) = refs.iter().find(|r| r.controller == Some(true)) {
+        return Err(WorkloadError::OwnedByOther {
+            object: object.to_string(),
+            owner: format!("{} {} (uid {})", other.kind, other.name, other.uid),
+        });
+    }
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY);
+    if !managed {
+        return Err(WorkloadError::NotManaged {
+            object: object.to_string(),
+        });
+    }
+    let owner = serde_json::to_value(owner)
+        .map_err(|e| WorkloadError::serde("serializing an owner reference", e))?;
+    Ok(vec![if refs.is_empty() {
+        json!({"op": "add", "path": "/metadata/ownerReferences", "value": [owner]})
+    } else {
+        json!({"op": "add", "path": "/metadata/ownerReferences/-", "value": owner})
+    }])
+}
+
+/// What promotion changes on the existing primary to make it `desired`: ownership
+/// (see [`ownership_ops`]), the managed spec paths, and the desired labels and
+/// annotations (others' keys are kept).
 pub(crate) fn promote_ops(
+    canary: &Canary,
     existing: &Workload,
     desired: &Workload,
 ) -> Result<Vec<Value>, WorkloadError> {
+    let object = format!("{} {}", existing.kind(), existing.name());
+    let mut ops = ownership_ops(existing.metadata(), canary, &object)?;
     let (have, want) = (to_json(existing)?, to_json(desired)?);
-    let mut ops = replace_paths(&have, &want, managed_spec_paths(desired));
+    ops.extend(replace_paths(&have, &want, managed_spec_paths(desired)));
     let meta = desired.metadata();
     ops.extend(merge_map_keys(
         &have,
@@ -221,13 +271,13 @@ mod tests {
                 .insert("argocd".into(), "x".into());
         }
         let same = render_primary(&canary, &target, &none, Some(&existing)).unwrap();
-        assert!(promote_ops(&existing, &same).unwrap().is_empty());
+        assert!(promote_ops(&canary, &existing, &same).unwrap().is_empty());
 
         let mut next = deployment("podinfo");
         set_image(&mut next, "podinfo:2");
         let desired =
             render_primary(&canary, &Workload::Deployment(next), &none, Some(&existing)).unwrap();
-        let ops = promote_ops(&existing, &desired).unwrap();
+        let ops = promote_ops(&canary, &existing, &desired).unwrap();
         let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
         assert_eq!(
             paths,
@@ -238,6 +288,57 @@ mod tests {
             ops[0]["value"]["spec"]["containers"][0]["image"],
             json!("podinfo:2")
         );
+    }
+
+    #[test]
+    fn ownership_is_checked_before_overwriting() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let canary = canary("podinfo");
+        let ours = canary.controller_owner_ref(&()).unwrap();
+        let reference = |uid: &str, controller: bool| OwnerReference {
+            api_version: "flagger.app/v1beta1".into(),
+            kind: "Canary".into(),
+            name: "podinfo".into(),
+            uid: uid.into(),
+            controller: Some(controller),
+            block_owner_deletion: None,
+        };
+        let meta = |refs: Option<Vec<OwnerReference>>| ObjectMeta {
+            owner_references: refs,
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.into(),
+                MANAGED_BY.into(),
+            )])),
+            ..Default::default()
+        };
+        assert!(
+            ownership_ops(&meta(Some(vec![ours.clone()])), &canary, "x")
+                .unwrap()
+                .is_empty()
+        );
+        let adopt = ownership_ops(&meta(None), &canary, "x").unwrap();
+        assert_eq!(adopt[0]["path"], json!("/metadata/ownerReferences"));
+        assert_eq!(adopt[0]["value"][0]["uid"], json!("uid-1"));
+        assert_eq!(adopt[0]["value"][0]["controller"], json!(true));
+        let append =
+            ownership_ops(&meta(Some(vec![reference("u2", false)])), &canary, "x").unwrap();
+        assert_eq!(append[0]["path"], json!("/metadata/ownerReferences/-"));
+        let err = ownership_ops(
+            &meta(Some(vec![reference("flagger-uid", true)])),
+            &canary,
+            "Deployment podinfo-primary",
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "ObjectOwnedByOther");
+        assert!(
+            err.to_string().contains("Deployment podinfo-primary"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("flagger-uid"), "{err}");
+        // Unowned but not labelled as Serin's: a user's object with a clashing name.
+        let users = ObjectMeta::default();
+        let err = ownership_ops(&users, &canary, "ConfigMap settings-primary").unwrap_err();
+        assert_eq!(err.reason(), "ObjectNotManaged");
     }
 
     #[test]
