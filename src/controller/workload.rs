@@ -50,8 +50,9 @@
 //! The target runs only during analysis. After promotion or rollback it is scaled to 0
 //! (DaemonSets cannot scale: Serin adds the node selector `serin.dev/scale-to-zero:
 //! "true"` to the target's template, which the revision checksum ignores). When a new
-//! revision starts it is scaled to [`desired_target_replicas`]: the primary HPA's
-//! `minReplicas` when autoscaled, else the primary's replicas, at least 1.
+//! revision starts it is scaled to [`desired_target_replicas`]: `minReplicas` of the
+//! user's HPA (`autoscalerRef`, which scales the target; see [`hpa_min_replicas`]) when
+//! autoscaled, else the primary's replicas, at least 1.
 //! `Workloads::scale_target_to_zero` refuses unless [`primary_ready`] holds, so the
 //! target is never left at 0 with nothing serving.
 
