@@ -6,35 +6,55 @@
 //! primary, the ConfigMaps/Secrets and the HPAs from its reflector caches.
 //!
 //! # Pure API
-//! - [`Workload`] (`Deployment` | `DaemonSet`) with `kind()`, `name()`, `template()`,
-//!   `replicas()`, `is_scaled_to_zero()`; [`WorkloadKind::parse`] for `targetRef.kind`.
-//! - [`readiness`]`(&Workload, threshold_percent) -> `[`Readiness`] (`Ready`,
-//!   `NotReady(msg)`, `Failed(msg)`); [`primary_ready`].
-//! - [`service_inputs`]`(&Workload) -> Result<ServiceInputs>`: label key (`app`, `name`,
-//!   `app.kubernetes.io/name`, first found in the selector), value, container ports.
-//! - [`config_refs`]`(&PodTemplateSpec) -> Vec<ConfigRef>`; [`tracked_configs`]`(target,
-//!   &dyn ConfigSource) -> Result<TrackedConfigs>` (checksums keyed `configmap/<name>`,
-//!   `secret/<name>`; skips missing optional refs and `config-tracking: disabled`).
-//! - [`revision_checksum`]`(&Workload, &TrackedConfigs) -> Result<String>`: Flagger's
-//!   `lastAppliedSpec`.
-//! - [`render_primary`], [`render_config_copy_configmap`], [`render_config_copy_secret`],
-//!   [`render_primary_hpa`]: the objects Serin owns.
-//! - [`desired_target_replicas`]: what the target is scaled to when a revision starts.
+//! ```text
+//! enum Workload { Deployment(Deployment), DaemonSet(DaemonSet) }   // From<Deployment>, From<DaemonSet>
+//!   kind() -> WorkloadKind, name(), namespace(), metadata(), template() -> Result<&PodTemplateSpec>,
+//!   selector_labels(), replicas() -> Option<i32> (None for DaemonSet), is_scaled_to_zero()
+//! WorkloadKind::parse(&str) -> Result<WorkloadKind>              // spec.targetRef.kind
+//! readiness(&Workload, threshold_percent: u32) -> Readiness       // Ready | NotReady(msg) | Failed(msg)
+//! primary_ready(Option<&Workload>, threshold_percent) -> bool     // exists, not at 0, ready
+//! service_inputs(&Workload) -> Result<ServiceInputs>
+//! config_refs(&PodTemplateSpec) -> Vec<ConfigRef>                // kind, name, optional; key() = "configmap/<name>"
+//! trait ConfigSource { configmap(&str) -> Option<ConfigMap>; secret(&str) -> Option<Secret> }
+//!   // implemented by ConfigSnapshot and by a pair of closures (Fn(&str)->Option<ConfigMap>, Fn(&str)->Option<Secret>)
+//! tracked_configs(&Workload, &dyn ConfigSource) -> Result<TrackedConfigs>   // .checksums() for status.trackedConfigs
+//! revision_checksum(&Workload, &TrackedConfigs) -> Result<String> // status.lastAppliedSpec
+//! render_primary(&Canary, target, &TrackedConfigs, existing_primary: Option<&Workload>) -> Result<Workload>
+//! render_config_copy_configmap / render_config_copy_secret(&Canary, &src) -> Result<copy>
+//! check_autoscaler_ref(&Canary) -> Result<Option<&AutoscalerRef>>  // ScaledObject: AutoscalerUnsupported
+//! render_primary_hpa(&Canary, HpaVersion, user_hpa: &DynamicObject) -> Result<DynamicObject>
+//! hpa_min_replicas(&DynamicObject) -> Option<i32>; primary_hpa_name(&AutoscalerRef) -> String
+//! desired_target_replicas(primary: Option<&Workload>, hpa_min: Option<i32>) -> i32
+//! ```
 //!
-//! # I/O API ([`Workloads`])
-//! `ensure_primary`, `promote`, `ensure_config_copies`, `scale_target`,
-//! `ensure_autoscaler`, `revert_target`; plus [`discover_hpa_version`] at start-up.
+//! # I/O API
+//! ```text
+//! discover_hpa_version(&Client) -> Result<HpaVersion>   // once at start-up; HpaVersion::api_resource() to watch HPAs
+//! Workloads::new(Client, HpaVersion)
+//!   ensure_primary(&Canary, target, primary: Option<&Workload>, &TrackedConfigs, &dyn ConfigSource) -> Result<bool /*created*/>
+//!   promote(&Canary, target, primary: &Workload, &TrackedConfigs, &dyn ConfigSource) -> Result<bool /*changed*/>
+//!   ensure_config_copies(&Canary, &TrackedConfigs, &dyn ConfigSource) -> Result<usize /*writes*/>
+//!   scale_target(&Canary, target, replicas: i32) -> Result<bool>
+//!   scale_target_to_zero(&Canary, target, primary: Option<&Workload>, primary_ready_threshold) -> Result<bool>
+//!   revert_target(&Canary, target, primary: Option<&Workload>, hpa_min: Option<i32>) -> Result<bool>
+//!   ensure_autoscaler(&Canary, user_hpa: Option<&DynamicObject>, primary_hpa: Option<&DynamicObject>) -> Result<bool>
+//! WorkloadError: reason() (CamelCase), is_conflict() (409: requeue), is_not_found(), is_user_error()
+//! ```
 //! Every write compares first and sends a JSON patch of only what differs (no
 //! server-side apply: 1.20 has bugs with it); missing objects are created. A lost race
-//! is a [`WorkloadError`] with `is_conflict() == true`: requeue and retry.
+//! is a [`WorkloadError`] with `is_conflict() == true`: requeue and retry. A create
+//! that finds a `-primary` config copy or HPA the caller's cache did not hold falls
+//! back to one GET and compares, so those need not be watched.
 //!
 //! # Scaling
 //! The target runs only during analysis. After promotion or rollback it is scaled to 0
 //! (DaemonSets cannot scale: Serin adds the node selector `serin.dev/scale-to-zero:
 //! "true"` to the target's template, which the revision checksum ignores). When a new
-//! revision starts it is scaled to [`desired_target_replicas`]: the primary HPA's
-//! `minReplicas` when autoscaled, else the primary's replicas, at least 1. The act layer
-//! must only scale the target to 0 while [`primary_ready`] holds.
+//! revision starts it is scaled to [`desired_target_replicas`]: `minReplicas` of the
+//! user's HPA (`autoscalerRef`, which scales the target; see [`hpa_min_replicas`]) when
+//! autoscaled, else the primary's replicas, at least 1.
+//! `Workloads::scale_target_to_zero` refuses unless [`primary_ready`] holds, so the
+//! target is never left at 0 with nothing serving.
 
 mod autoscaler;
 mod configs;

@@ -49,6 +49,19 @@ pub enum WorkloadError {
     NoHpaApi(String),
 
     #[error(
+        "{object} already exists and is controlled by {owner}: Serin does not take it over; delete it or rename the target"
+    )]
+    OwnedByOther { object: String, owner: String },
+
+    #[error(
+        "{object} already exists and was not created by Serin (no controller, no app.kubernetes.io/managed-by=serin label): Serin does not overwrite it; delete or rename it"
+    )]
+    NotManaged { object: String },
+
+    #[error("not scaling the target to 0: primary {name} is not serving ({why})")]
+    PrimaryNotServing { name: String, why: String },
+
+    #[error(
         "Canary {0} has no metadata.uid (it must come from the API server) so it cannot own objects"
     )]
     MissingUid(String),
@@ -97,6 +110,9 @@ impl WorkloadError {
             WorkloadError::InvalidAutoscaler { .. } => "AutoscalerInvalid",
             WorkloadError::NoHpaApi(_) => "AutoscalerApiMissing",
             WorkloadError::MissingUid(_) => "CanaryInvalid",
+            WorkloadError::PrimaryNotServing { .. } => "PrimaryNotReady",
+            WorkloadError::OwnedByOther { .. } => "ObjectOwnedByOther",
+            WorkloadError::NotManaged { .. } => "ObjectNotManaged",
             WorkloadError::Kube { .. } if self.is_conflict() => "Conflict",
             WorkloadError::Kube { .. } => "KubernetesApiError",
             WorkloadError::Serde { .. } => "SerializationError",

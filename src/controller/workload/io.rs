@@ -13,14 +13,17 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::autoscaler::{check_autoscaler_ref, render_primary_hpa};
 use super::configs::{render_config_copy_configmap, render_config_copy_secret};
-use super::patch::{escape, merge_map_keys, replace_paths, to_patch};
-use super::primary::{desired_target_replicas, managed_spec_paths, render_primary};
+use super::patch::{
+    merge_map_keys, ownership_ops, promote_ops, replace_paths, scale_ops, to_patch,
+};
+use super::primary::{desired_target_replicas, render_primary};
 use super::{
-    ConfigSource, HpaVersion, SCALE_TO_ZERO_NODE_SELECTOR, TrackedConfigs, Workload, WorkloadError,
+    ConfigSource, HpaVersion, Readiness, TrackedConfigs, Workload, WorkloadError, primary_ready,
+    readiness,
 };
 use crate::crd::Canary;
 
@@ -45,7 +48,8 @@ impl Workloads {
 
     /// Initialisation: creates the `-primary` config copies and the primary from the
     /// target if the primary does not exist yet; returns whether it was created. An
-    /// existing primary is left alone: only [`Workloads::promote`] changes what it runs.
+    /// existing primary keeps what it runs (only [`Workloads::promote`] changes that);
+    /// it is adopted if nobody controls it, and an error if someone else does.
     pub async fn ensure_primary(
         &self,
         canary: &Canary,
@@ -54,7 +58,11 @@ impl Workloads {
         tracked: &TrackedConfigs,
         configs: &dyn ConfigSource,
     ) -> Result<bool, WorkloadError> {
-        if primary.is_some() {
+        if let Some(p) = primary {
+            let object = format!("{} {}", p.kind(), p.name());
+            let ops = ownership_ops(p.metadata(), canary, &object)?;
+            self.patch_workload(p, &canary.namespace_or_default(), p.name(), ops)
+                .await?;
             return Ok(false);
         }
         // Copies first: the primary's pods reference them and would not start without.
@@ -88,22 +96,14 @@ impl Workloads {
     ) -> Result<bool, WorkloadError> {
         self.ensure_config_copies(canary, tracked, configs).await?;
         let desired = render_primary(canary, target, tracked, Some(primary))?;
-        let ns = canary.namespace_or_default();
-        let name = canary.primary_name();
-        let (have, want) = (to_json(primary)?, to_json(&desired)?);
-        let mut ops = replace_paths(&have, &want, managed_spec_paths(&desired));
-        let meta = desired.metadata();
-        ops.extend(merge_map_keys(
-            &have,
-            "/metadata/labels",
-            &meta.labels.clone().unwrap_or_default(),
-        ));
-        ops.extend(merge_map_keys(
-            &have,
-            "/metadata/annotations",
-            &meta.annotations.clone().unwrap_or_default(),
-        ));
-        self.patch_workload(&desired, &ns, &name, ops).await
+        let ops = promote_ops(canary, primary, &desired)?;
+        self.patch_workload(
+            &desired,
+            &canary.namespace_or_default(),
+            &canary.primary_name(),
+            ops,
+        )
+        .await
     }
 
     /// Creates or updates the `<name>-primary` copy of every tracked ConfigMap and
@@ -125,6 +125,7 @@ impl Workloads {
                 .and_then(|n| configs.configmap(n));
             let api = self.api::<ConfigMap>(&ns);
             if upsert(
+                canary,
                 &api,
                 existing,
                 &desired,
@@ -144,7 +145,7 @@ impl Workloads {
                 .as_deref()
                 .and_then(|n| configs.secret(n));
             let api = self.api::<Secret>(&ns);
-            if upsert(&api, existing, &desired, &["/data"], "Secret").await? {
+            if upsert(canary, &api, existing, &desired, &["/data"], "Secret").await? {
                 writes += 1;
             }
         }
@@ -161,29 +162,33 @@ impl Workloads {
         target: &Workload,
         replicas: i32,
     ) -> Result<bool, WorkloadError> {
-        let ns = canary.namespace_or_default();
-        let have = to_json(target)?;
-        let ops = match target {
-            Workload::Deployment(_) if target.replicas() == Some(replicas) => Vec::new(),
-            Workload::Deployment(_) => {
-                vec![json!({"op": "add", "path": "/spec/replicas", "value": replicas})]
-            }
-            Workload::DaemonSet(_) => {
-                let path = "/spec/template/spec/nodeSelector";
-                match (replicas, target.is_scaled_to_zero()) {
-                    (0, false) => merge_map_keys(
-                        &have,
-                        path,
-                        &[(SCALE_TO_ZERO_NODE_SELECTOR.to_string(), "true".to_string())].into(),
-                    ),
-                    (n, true) if n > 0 => vec![
-                        json!({"op": "remove", "path": format!("{path}/{}", escape(SCALE_TO_ZERO_NODE_SELECTOR))}),
-                    ],
-                    _ => Vec::new(),
-                }
-            }
-        };
-        self.patch_workload(target, &ns, target.name(), ops).await
+        let ops = scale_ops(target, replicas)?;
+        self.patch_workload(target, &canary.namespace_or_default(), target.name(), ops)
+            .await
+    }
+
+    /// Scales the target to 0 only if the primary serves (exists, is not itself at 0,
+    /// and is ready at `primary_ready_threshold` percent): the target must never be
+    /// left at 0 with nothing serving. Use this rather than `scale_target(.., 0)`.
+    pub async fn scale_target_to_zero(
+        &self,
+        canary: &Canary,
+        target: &Workload,
+        primary: Option<&Workload>,
+        primary_ready_threshold: u32,
+    ) -> Result<bool, WorkloadError> {
+        if !primary_ready(primary, primary_ready_threshold) {
+            let why = match primary.map(|p| readiness(p, primary_ready_threshold)) {
+                None => "it does not exist".to_string(),
+                Some(Readiness::NotReady(m) | Readiness::Failed(m)) => m,
+                Some(Readiness::Ready) => "it is scaled to 0".to_string(),
+            };
+            return Err(WorkloadError::PrimaryNotServing {
+                name: canary.primary_name(),
+                why,
+            });
+        }
+        self.scale_target(canary, target, 0).await
     }
 
     /// `revertOnDeletion`: gives the target back its pods (the primary's replicas, or
@@ -225,6 +230,7 @@ impl Workloads {
             &self.hpa.api_resource(),
         );
         upsert(
+            canary,
             &api,
             primary_hpa.cloned(),
             &desired,
@@ -281,12 +287,13 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value, WorkloadError> {
     serde_json::to_value(v).map_err(|e| WorkloadError::serde("serializing an object to compare", e))
 }
 
-/// Creates `desired` if `existing` is `None`, else patches the `paths` and the
-/// desired labels/annotations that differ. A create that finds the object already
+/// Creates `desired` if `existing` is `None`, else (once the Canary may own it, see
+/// `ownership_ops`) patches the `paths` and the desired labels/annotations that differ. A create that finds the object already
 /// there (the caller's cache did not hold it) falls back to one GET and a patch.
 /// Returns whether anything was written. Never formats the objects: they may be
 /// Secrets.
 async fn upsert<K>(
+    canary: &Canary,
     api: &Api<K>,
     existing: Option<K>,
     desired: &K,
@@ -317,8 +324,9 @@ where
             }
         }
     };
+    let mut ops = ownership_ops(existing.meta(), canary, &what)?;
     let (have, want) = (to_json(&existing)?, to_json(desired)?);
-    let mut ops = replace_paths(&have, &want, paths);
+    ops.extend(replace_paths(&have, &want, paths));
     let meta = desired.meta();
     ops.extend(merge_map_keys(
         &have,

@@ -52,7 +52,8 @@ pub fn revision_checksum(
 }
 
 /// Replicas to give the target when a new revision starts (it sits at 0 between
-/// releases): the HPA's `minReplicas` if the Canary is autoscaled, else the primary's
+/// releases): `minReplicas` of the user's HPA (which scales the target) if the Canary
+/// is autoscaled, as Flagger does, else the primary's
 /// replicas, and never less than 1 so that the canary can be analysed. Serin does not
 /// record the target's original replicas (Flagger does not either): the primary
 /// carries the user's replicas from the first initialisation on.
