@@ -189,6 +189,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         return Ok(Requeue::requeue(BROKEN_RETRY));
     }
 
+    if let Err(e) = workload::check_autoscaler_ref(canary) {
+        report_not_ready(canary, ctx, e.reason(), &e.to_string()).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    }
     let inputs = workload::service_inputs(&target)?;
     let configs = config_snapshot(&ctx.stores, &target, &ns)?;
     let tracked = workload::tracked_configs(&target, &configs)?;
@@ -332,7 +336,7 @@ async fn act(
     primary: Option<&Workload>,
     tracked: &workload::TrackedConfigs,
     configs: &workload::ConfigSnapshot,
-    _settings: &Settings,
+    settings: &Settings,
 ) -> Result<(), ReconcileError> {
     for action in &decision.actions {
         debug!(canary = %canary.name_any(), ?action, "acting");
@@ -341,17 +345,21 @@ async fn act(
                 ctx.workloads
                     .ensure_primary(canary, target, primary, tracked, configs)
                     .await?;
+                ensure_autoscaler(canary, ctx).await?;
             }
             Action::ScaleTargetUp => {
-                let replicas = workload::desired_target_replicas(primary, None);
+                let hpa_min = user_hpa(canary, ctx)
+                    .await?
+                    .as_ref()
+                    .and_then(workload::hpa_min_replicas);
+                let replicas = workload::desired_target_replicas(primary, hpa_min);
                 ctx.workloads.scale_target(canary, target, replicas).await?;
             }
             Action::ScaleTargetToZero => {
-                // Never leave the target at zero with no primary serving.
-                if primary.is_none() {
-                    continue;
-                }
-                ctx.workloads.scale_target(canary, target, 0).await?;
+                // Refused (an error, so the tick is retried) while no primary serves.
+                ctx.workloads
+                    .scale_target_to_zero(canary, target, primary, settings.primary_ready_threshold)
+                    .await?;
             }
             Action::SetRoutes(routes) => router.set_routes(canary, *routes).await?,
             Action::Promote => {
@@ -364,6 +372,7 @@ async fn act(
                         .ensure_primary(canary, target, None, tracked, configs)
                         .await?;
                 }
+                ensure_autoscaler(canary, ctx).await?;
             }
             Action::RunWebhooks(kind) => {
                 let phase = decision.status.phase.unwrap_or(Phase::Succeeded);
@@ -375,8 +384,12 @@ async fn act(
             }
             Action::Finalize => {
                 router.finalize(canary).await?;
+                let hpa_min = user_hpa(canary, ctx)
+                    .await?
+                    .as_ref()
+                    .and_then(workload::hpa_min_replicas);
                 ctx.workloads
-                    .revert_target(canary, target, primary, None)
+                    .revert_target(canary, target, primary, hpa_min)
                     .await?;
             }
         }
@@ -406,6 +419,44 @@ fn config_snapshot(
         }
     }
     Ok(snap)
+}
+
+/// The user's HPA named by `autoscalerRef`. Read only when an action needs it
+/// (a release starting, a promotion), not every step, so it is not watched.
+async fn user_hpa(
+    canary: &Canary,
+    ctx: &Context,
+) -> Result<Option<kube::api::DynamicObject>, ReconcileError> {
+    let Some(r) = workload::check_autoscaler_ref(canary)? else {
+        return Ok(None);
+    };
+    get_hpa(ctx, &canary.namespace_or_default(), &r.name).await
+}
+
+async fn get_hpa(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<kube::api::DynamicObject>, ReconcileError> {
+    let ar = ctx.workloads.hpa_version().api_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    api.get_opt(name).await.map_err(|source| ReconcileError::Kube {
+        context: format!("reading HorizontalPodAutoscaler {ns}/{name}"),
+        source,
+    })
+}
+
+async fn ensure_autoscaler(canary: &Canary, ctx: &Context) -> Result<(), ReconcileError> {
+    let Some(r) = workload::check_autoscaler_ref(canary)? else {
+        return Ok(());
+    };
+    let ns = canary.namespace_or_default();
+    let user = get_hpa(ctx, &ns, &r.name).await?;
+    let primary = get_hpa(ctx, &ns, &workload::primary_hpa_name(r)).await?;
+    ctx.workloads
+        .ensure_autoscaler(canary, user.as_ref(), primary.as_ref())
+        .await?;
+    Ok(())
 }
 
 fn to_readiness(r: workload::Readiness) -> Readiness {
