@@ -59,13 +59,11 @@ pub fn at<'a>(obj: &'a DynamicObject, pointer: &str) -> Option<&'a Value> {
 /// carry extra keys in `have` (server defaults); arrays must match element by element.
 pub fn contained(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, wv)| match h.get(k) {
-                Some(hv) => contained(wv, hv),
-                // An explicit null or empty value wanted is satisfied by absence.
-                None => is_empty(wv),
-            }),
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contained(wv, hv),
+            // An explicit null or empty value wanted is satisfied by absence.
+            None => is_empty(wv),
+        }),
         (Value::Array(w), Value::Array(h)) => {
             w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contained(a, b))
         }
@@ -233,13 +231,21 @@ pub fn patch_for(
     if let Some(labels) = desired.metadata.labels.as_ref()
         && let Some(m) = merged_map(live.metadata.labels.as_ref(), labels)
     {
-        set_at(&mut patch, "/metadata/labels", serde_json::to_value(m).unwrap_or_default());
+        set_at(
+            &mut patch,
+            "/metadata/labels",
+            serde_json::to_value(m).unwrap_or_default(),
+        );
         changed = true;
     }
     if let Some(ann) = desired.metadata.annotations.as_ref()
         && let Some(m) = merged_map(live.metadata.annotations.as_ref(), ann)
     {
-        set_at(&mut patch, "/metadata/annotations", serde_json::to_value(m).unwrap_or_default());
+        set_at(
+            &mut patch,
+            "/metadata/annotations",
+            serde_json::to_value(m).unwrap_or_default(),
+        );
         changed = true;
     }
     if let Some(owners) = desired.metadata.owner_references.as_ref() {
@@ -266,7 +272,11 @@ pub fn patch_for(
         return None;
     }
     if let Some(rv) = &live.metadata.resource_version {
-        set_at(&mut patch, "/metadata/resourceVersion", Value::String(rv.clone()));
+        set_at(
+            &mut patch,
+            "/metadata/resourceVersion",
+            Value::String(rv.clone()),
+        );
     }
     Some(patch)
 }
@@ -289,7 +299,11 @@ pub async fn patch_user_object(
         set_at(&mut patch, p, v.clone());
     }
     if let Some(rv) = &live.metadata.resource_version {
-        set_at(&mut patch, "/metadata/resourceVersion", Value::String(rv.clone()));
+        set_at(
+            &mut patch,
+            "/metadata/resourceVersion",
+            Value::String(rv.clone()),
+        );
     }
     dyn_api(client, ar, &namespace)
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -341,7 +355,10 @@ mod tests {
     fn merge_diff_nulls_removed_keys_and_replaces_arrays() {
         let from = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]});
         let to = json!({"b": {"c": 2}, "l": [3]});
-        assert_eq!(merge_diff(&from, &to), json!({"a": null, "b": {"d": null}, "l": [3]}));
+        assert_eq!(
+            merge_diff(&from, &to),
+            json!({"a": null, "b": {"d": null}, "l": [3]})
+        );
     }
 
     fn obj(spec: Value, hash: Option<&str>) -> DynamicObject {
