@@ -1194,6 +1194,11 @@ impl Router for GatewayApiRouter {
     ) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             routes.validate()?;
+            // CRD check first: no API traffic for a provider the cluster lacks.
+            match Self::user_route(canary)? {
+                Some((kind, version, _)) => self.resource(kind, version)?,
+                None => self.resource(Self::route_kind(canary)?, None)?,
+            };
             self.k8s.require_backends(canary).await?;
             self.write(canary, Some(routes), false).await
         })
