@@ -150,8 +150,8 @@ fn merged_map(
     Some(want.clone())
 }
 
-/// Creates `desired` or brings the `paths` of the live object (and the desired labels,
-/// annotations and owner reference) in line with it. Only those paths are written:
+/// Creates `desired` (with its owner reference) or brings the `paths` of the live object
+/// (and the desired labels and annotations) in line with it. Only those paths are written:
 /// everything else on the live object (status, server-set fields such as a Service's
 /// clusterIP, other tools' labels) is left alone.
 pub async fn ensure(
@@ -248,26 +248,9 @@ pub fn patch_for(
         );
         changed = true;
     }
-    if let Some(owners) = desired.metadata.owner_references.as_ref() {
-        let live_owners = live.metadata.owner_references.clone().unwrap_or_default();
-        let missing: Vec<_> = owners
-            .iter()
-            .filter(|o| !live_owners.iter().any(|l| l.uid == o.uid))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            // Merge patch replaces lists: send the live owners plus ours, so another
-            // owner's reference is not dropped.
-            let mut all = live_owners;
-            all.extend(missing);
-            set_at(
-                &mut patch,
-                "/metadata/ownerReferences",
-                serde_json::to_value(all).unwrap_or_default(),
-            );
-            changed = true;
-        }
-    }
+    // Owner references are set at creation only: an object that existed before Serin
+    // (a user's own apex Service, say) must not be garbage-collected with the Canary,
+    // and may already have a controller of its own.
     if !changed {
         return None;
     }
