@@ -11,7 +11,7 @@ mod template;
 
 pub use alert::{AlertProvider, AlertProviderSpec};
 pub use canary::*;
-pub use settings::{Provider, Settings, SpecError, Strategy};
+pub use settings::{Provider, Settings, SmiVersion, SpecError, Strategy};
 pub use template::{MetricProvider, MetricTemplate, MetricTemplateSpec};
 
 use kube::CustomResourceExt;

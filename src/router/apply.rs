@@ -59,13 +59,11 @@ pub fn at<'a>(obj: &'a DynamicObject, pointer: &str) -> Option<&'a Value> {
 /// carry extra keys in `have` (server defaults); arrays must match element by element.
 pub fn contained(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, wv)| match h.get(k) {
-                Some(hv) => contained(wv, hv),
-                // An explicit null or empty value wanted is satisfied by absence.
-                None => is_empty(wv),
-            }),
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contained(wv, hv),
+            // An explicit null or empty value wanted is satisfied by absence.
+            None => is_empty(wv),
+        }),
         (Value::Array(w), Value::Array(h)) => {
             w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contained(a, b))
         }
@@ -152,8 +150,8 @@ fn merged_map(
     Some(want.clone())
 }
 
-/// Creates `desired` or brings the `paths` of the live object (and the desired labels,
-/// annotations and owner reference) in line with it. Only those paths are written:
+/// Creates `desired` (with its owner reference) or brings the `paths` of the live object
+/// (and the desired labels and annotations) in line with it. Only those paths are written:
 /// everything else on the live object (status, server-set fields such as a Service's
 /// clusterIP, other tools' labels) is left alone.
 pub async fn ensure(
@@ -233,40 +231,35 @@ pub fn patch_for(
     if let Some(labels) = desired.metadata.labels.as_ref()
         && let Some(m) = merged_map(live.metadata.labels.as_ref(), labels)
     {
-        set_at(&mut patch, "/metadata/labels", serde_json::to_value(m).unwrap_or_default());
+        set_at(
+            &mut patch,
+            "/metadata/labels",
+            serde_json::to_value(m).unwrap_or_default(),
+        );
         changed = true;
     }
     if let Some(ann) = desired.metadata.annotations.as_ref()
         && let Some(m) = merged_map(live.metadata.annotations.as_ref(), ann)
     {
-        set_at(&mut patch, "/metadata/annotations", serde_json::to_value(m).unwrap_or_default());
+        set_at(
+            &mut patch,
+            "/metadata/annotations",
+            serde_json::to_value(m).unwrap_or_default(),
+        );
         changed = true;
     }
-    if let Some(owners) = desired.metadata.owner_references.as_ref() {
-        let live_owners = live.metadata.owner_references.clone().unwrap_or_default();
-        let missing: Vec<_> = owners
-            .iter()
-            .filter(|o| !live_owners.iter().any(|l| l.uid == o.uid))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            // Merge patch replaces lists: send the live owners plus ours, so another
-            // owner's reference is not dropped.
-            let mut all = live_owners;
-            all.extend(missing);
-            set_at(
-                &mut patch,
-                "/metadata/ownerReferences",
-                serde_json::to_value(all).unwrap_or_default(),
-            );
-            changed = true;
-        }
-    }
+    // Owner references are set at creation only: an object that existed before Serin
+    // (a user's own apex Service, say) must not be garbage-collected with the Canary,
+    // and may already have a controller of its own.
     if !changed {
         return None;
     }
     if let Some(rv) = &live.metadata.resource_version {
-        set_at(&mut patch, "/metadata/resourceVersion", Value::String(rv.clone()));
+        set_at(
+            &mut patch,
+            "/metadata/resourceVersion",
+            Value::String(rv.clone()),
+        );
     }
     Some(patch)
 }
@@ -289,7 +282,11 @@ pub async fn patch_user_object(
         set_at(&mut patch, p, v.clone());
     }
     if let Some(rv) = &live.metadata.resource_version {
-        set_at(&mut patch, "/metadata/resourceVersion", Value::String(rv.clone()));
+        set_at(
+            &mut patch,
+            "/metadata/resourceVersion",
+            Value::String(rv.clone()),
+        );
     }
     dyn_api(client, ar, &namespace)
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -341,7 +338,10 @@ mod tests {
     fn merge_diff_nulls_removed_keys_and_replaces_arrays() {
         let from = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]});
         let to = json!({"b": {"c": 2}, "l": [3]});
-        assert_eq!(merge_diff(&from, &to), json!({"a": null, "b": {"d": null}, "l": [3]}));
+        assert_eq!(
+            merge_diff(&from, &to),
+            json!({"a": null, "b": {"d": null}, "l": [3]})
+        );
     }
 
     fn obj(spec: Value, hash: Option<&str>) -> DynamicObject {

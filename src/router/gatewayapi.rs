@@ -44,13 +44,12 @@ use serde_json::{Value, json};
 use super::apply;
 use super::kubernetes::KubernetesRouter;
 use super::{
-    BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs,
-    api_resource, build_set_cookie, cookie_regex, generated_object, require, routes_from,
-    service_spec, session_cookie,
+    BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
+    build_set_cookie, cookie_regex, generated_object, require, routes_from, service_spec,
+    session_cookie,
 };
 use crate::crd::{
-    AbMatch, Canary, DEFAULT_SESSION_COOKIE_MAX_AGE, HttpMatchRequest, ParentReference,
-    StringMatch,
+    AbMatch, Canary, DEFAULT_SESSION_COOKIE_MAX_AGE, HttpMatchRequest, ParentReference, StringMatch,
 };
 
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -235,9 +234,15 @@ fn string_match(field: &str, m: &StringMatch) -> Result<(String, String), Router
     } else if let Some(v) = &m.regex {
         Ok(("RegularExpression".into(), v.clone()))
     } else if let Some(v) = &m.prefix {
-        Ok(("RegularExpression".into(), format!("^{}.*", regex_escape(v))))
+        Ok((
+            "RegularExpression".into(),
+            format!("^{}.*", regex_escape(v)),
+        ))
     } else if let Some(v) = &m.suffix {
-        Ok(("RegularExpression".into(), format!(".*{}$", regex_escape(v))))
+        Ok((
+            "RegularExpression".into(),
+            format!(".*{}$", regex_escape(v)),
+        ))
     } else {
         Err(RouterError::InvalidRoute(format!(
             "{field}: a match needs one of exact, prefix, suffix or regex"
@@ -270,11 +275,20 @@ pub fn convert_match(m: &HttpMatchRequest, kind: RouteKind) -> Result<RouteMatch
         out.query_params = named_matches("service.match.queryParams", m.query_params.as_ref())?;
         if let Some(uri) = &m.uri {
             out.path = Some(if let Some(v) = &uri.exact {
-                TypedValue { r#type: "Exact".into(), value: v.clone() }
+                TypedValue {
+                    r#type: "Exact".into(),
+                    value: v.clone(),
+                }
             } else if let Some(v) = &uri.prefix {
-                TypedValue { r#type: "PathPrefix".into(), value: v.clone() }
+                TypedValue {
+                    r#type: "PathPrefix".into(),
+                    value: v.clone(),
+                }
             } else if let Some(v) = &uri.regex {
-                TypedValue { r#type: "RegularExpression".into(), value: v.clone() }
+                TypedValue {
+                    r#type: "RegularExpression".into(),
+                    value: v.clone(),
+                }
             } else {
                 return Err(RouterError::InvalidRoute(
                     "service.match.uri: Gateway API paths support exact, prefix or regex".into(),
@@ -301,7 +315,10 @@ fn service_matches(canary: &Canary, kind: RouteKind) -> Result<Vec<RouteMatch>, 
     }
     if out.is_empty() && kind == RouteKind::Http {
         out.push(RouteMatch {
-            path: Some(TypedValue { r#type: "PathPrefix".into(), value: "/".into() }),
+            path: Some(TypedValue {
+                r#type: "PathPrefix".into(),
+                value: "/".into(),
+            }),
             ..Default::default()
         });
     }
@@ -338,7 +355,10 @@ fn header_filter(op: &crate::crd::HeaderOperation) -> HeaderFilter {
     let pairs = |m: &Option<std::collections::BTreeMap<String, String>>| {
         m.iter()
             .flatten()
-            .map(|(k, v)| Header { name: k.clone(), value: v.clone() })
+            .map(|(k, v)| Header {
+                name: k.clone(),
+                value: v.clone(),
+            })
             .collect()
     };
     HeaderFilter {
@@ -377,7 +397,9 @@ fn service_filters(canary: &Canary, kind: RouteKind) -> Result<Vec<Filter>, Rout
         }
         if let Some(uri) = &rw.uri {
             let path = match rw.r#type.as_deref() {
-                Some("ReplaceFullPath") => json!({"type": "ReplaceFullPath", "replaceFullPath": uri}),
+                Some("ReplaceFullPath") => {
+                    json!({"type": "ReplaceFullPath", "replaceFullPath": uri})
+                }
                 None | Some("ReplacePrefixMatch") => {
                     json!({"type": "ReplacePrefixMatch", "replacePrefixMatch": uri})
                 }
@@ -461,7 +483,9 @@ pub fn render_route_spec(
     let matches = service_matches(canary, kind)?;
     let filters = service_filters(canary, kind)?;
     let timeouts = match (&svc.timeout, kind, opts.timeouts) {
-        (Some(t), RouteKind::Http, true) => Some(Timeouts { request: Some(t.clone()) }),
+        (Some(t), RouteKind::Http, true) => Some(Timeouts {
+            request: Some(t.clone()),
+        }),
         (Some(_), _, _) => {
             tracing::warn!(
                 canary = canary.name_str(),
@@ -472,10 +496,12 @@ pub fn render_route_spec(
         }
         _ => None,
     };
-    let weighted = |p: u32, c: u32| vec![
-        service_ref(&primary, port, Some(p)),
-        service_ref(&canary_svc, port, Some(c)),
-    ];
+    let weighted = |p: u32, c: u32| {
+        vec![
+            service_ref(&primary, port, Some(p)),
+            service_ref(&canary_svc, port, Some(c)),
+        ]
+    };
     let mut weighted_rule = Rule {
         matches: matches.clone(),
         filters: filters.clone(),
@@ -494,7 +520,11 @@ pub fn render_route_spec(
     }
 
     let analysis = canary.spec.analysis.as_ref();
-    let ab: Vec<&AbMatch> = analysis.and_then(|a| a.r#match.as_ref()).into_iter().flatten().collect();
+    let ab: Vec<&AbMatch> = analysis
+        .and_then(|a| a.r#match.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
     let mut rules = Vec::new();
     if !ab.is_empty() {
         // A/B: matching requests get the weighted split (the controller sends 100 to the
@@ -517,7 +547,11 @@ pub fn render_route_spec(
         let status = canary.status_or_default();
         if routes.canary > 0 {
             let cookie = session_cookie(canary, sa);
-            if let Some(b) = weighted_rule.backend_refs.iter_mut().find(|b| b.name == canary_svc) {
+            if let Some(b) = weighted_rule
+                .backend_refs
+                .iter_mut()
+                .find(|b| b.name == canary_svc)
+            {
                 b.filters.push(Filter {
                     r#type: "ResponseHeaderModifier".into(),
                     response_header_modifier: Some(HeaderFilter {
@@ -601,7 +635,10 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
         .and_then(|a| a.session_affinity.as_ref())
         .map(|s| s.cookie_name.clone());
     let weight_of = |r: &Rule, n: &str| -> Option<u32> {
-        r.backend_refs.iter().find(|b| b.name == n).map(|b| b.weight.unwrap_or(1))
+        r.backend_refs
+            .iter()
+            .find(|b| b.name == n)
+            .map(|b| b.weight.unwrap_or(1))
     };
     let rule = spec
         .rules
@@ -609,11 +646,12 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
         .filter(|r| !cookie_name.as_deref().is_some_and(|c| is_sticky(r, c)))
         .find(|r| weight_of(r, &primary).is_some() && weight_of(r, &canary_svc).is_some())
         .ok_or_else(|| {
-            RouterError::InvalidRoute(format!(
-                "no rule routes to both {primary} and {canary_svc}"
-            ))
+            RouterError::InvalidRoute(format!("no rule routes to both {primary} and {canary_svc}"))
         })?;
-    let (p, c) = (weight_of(rule, &primary).unwrap_or(0), weight_of(rule, &canary_svc).unwrap_or(0));
+    let (p, c) = (
+        weight_of(rule, &primary).unwrap_or(0),
+        weight_of(rule, &canary_svc).unwrap_or(0),
+    );
     let mirror = rule.filters.iter().find_map(|f| {
         f.request_mirror
             .as_ref()
@@ -624,10 +662,18 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
 
 /// Weights are relative in Gateway API; Serin writes them summing to 100, a route
 /// edited by hand may not.
-fn normalize(p: u32, c: u32, mirror: bool, mirror_weight: Option<u32>) -> Result<Routes, RouterError> {
+fn normalize(
+    p: u32,
+    c: u32,
+    mirror: bool,
+    mirror_weight: Option<u32>,
+) -> Result<Routes, RouterError> {
     let total = p + c;
     if total == 0 {
-        return Err(RouterError::InvalidWeights { primary: p, canary: c });
+        return Err(RouterError::InvalidWeights {
+            primary: p,
+            canary: c,
+        });
     }
     let canary = ((c as f64) * 100.0 / (total as f64)).round() as u32;
     routes_from(100 - canary, canary, mirror, mirror_weight)
@@ -636,8 +682,14 @@ fn normalize(p: u32, c: u32, mirror: bool, mirror_weight: Option<u32>) -> Result
 // ---- routeRef mode: precise edits of a user-owned route ----
 
 fn is_ref_to(b: &Value, name: &str, namespace: &str) -> bool {
-    let group_ok = matches!(b.get("group").and_then(Value::as_str), None | Some("") | Some("core"));
-    let kind_ok = matches!(b.get("kind").and_then(Value::as_str), None | Some("Service"));
+    let group_ok = matches!(
+        b.get("group").and_then(Value::as_str),
+        None | Some("") | Some("core")
+    );
+    let kind_ok = matches!(
+        b.get("kind").and_then(Value::as_str),
+        None | Some("Service")
+    );
     let ns_ok = b
         .get("namespace")
         .and_then(Value::as_str)
@@ -649,13 +701,19 @@ fn is_ref_to(b: &Value, name: &str, namespace: &str) -> bool {
 /// that Serin already split), the apex backendRef becomes primary/canary backendRefs
 /// with `routes` weights, or, with `routes == None` (finalize), goes back to a single
 /// apex backendRef. Everything else is copied as is.
-pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -> Result<Value, RouterError> {
+pub fn edit_user_rules(
+    canary: &Canary,
+    rules: &Value,
+    routes: Option<Routes>,
+) -> Result<Value, RouterError> {
     let ns = canary.namespace_or_default();
     let apex = canary.apex_name();
     let primary = canary.primary_service_name();
     let canary_svc = canary.canary_service_name();
     let Some(rules) = rules.as_array() else {
-        return Err(RouterError::InvalidRoute("the route has no spec.rules".into()));
+        return Err(RouterError::InvalidRoute(
+            "the route has no spec.rules".into(),
+        ));
     };
     let mut out = Vec::with_capacity(rules.len());
     let mut edited = 0;
@@ -665,7 +723,11 @@ pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -
             out.push(rule.clone());
             continue;
         };
-        let ours = |b: &Value| is_ref_to(b, &apex, &ns) || is_ref_to(b, &primary, &ns) || is_ref_to(b, &canary_svc, &ns);
+        let ours = |b: &Value| {
+            is_ref_to(b, &apex, &ns)
+                || is_ref_to(b, &primary, &ns)
+                || is_ref_to(b, &canary_svc, &ns)
+        };
         let Some(pos) = refs.iter().position(ours) else {
             out.push(rule.clone());
             continue;
@@ -690,7 +752,10 @@ pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -
             b
         };
         let replacement = match routes {
-            Some(r) => vec![with(&primary, Some(r.primary)), with(&canary_svc, Some(r.canary))],
+            Some(r) => vec![
+                with(&primary, Some(r.primary)),
+                with(&canary_svc, Some(r.canary)),
+            ],
             None => vec![with(&apex, None)],
         };
         let mut new_refs: Vec<Value> = Vec::with_capacity(refs.len() + 1);
@@ -727,7 +792,8 @@ pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -
                     if let (Some(p), Some(o)) = (port, b.as_object_mut()) {
                         o.insert("port".into(), p);
                     }
-                    filters.push(json!({"type": "RequestMirror", "requestMirror": {"backendRef": b}}));
+                    filters
+                        .push(json!({"type": "RequestMirror", "requestMirror": {"backendRef": b}}));
                 }
                 if filters.is_empty() && !had_filters {
                     m.remove("filters");
@@ -757,9 +823,18 @@ pub fn edit_user_rules(canary: &Canary, rules: &Value, routes: Option<Routes>) -
 /// at the apex alone is 100% primary (the apex selects the primary pods).
 pub fn routes_of_user_rules(canary: &Canary, rules: &Value) -> Result<Routes, RouterError> {
     let ns = canary.namespace_or_default();
-    let (apex, primary, canary_svc) = (canary.apex_name(), canary.primary_service_name(), canary.canary_service_name());
+    let (apex, primary, canary_svc) = (
+        canary.apex_name(),
+        canary.primary_service_name(),
+        canary.canary_service_name(),
+    );
     for rule in rules.as_array().into_iter().flatten() {
-        let refs: Vec<&Value> = rule.get("backendRefs").and_then(Value::as_array).into_iter().flatten().collect();
+        let refs: Vec<&Value> = rule
+            .get("backendRefs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
         let w = |n: &str| {
             refs.iter()
                 .find(|b| is_ref_to(b, n, &ns))
@@ -771,7 +846,10 @@ pub fn routes_of_user_rules(canary: &Canary, rules: &Value) -> Result<Routes, Ro
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .any(|f| f.pointer("/requestMirror/backendRef").is_some_and(|b| is_ref_to(b, &canary_svc, &ns)));
+                .any(|f| {
+                    f.pointer("/requestMirror/backendRef")
+                        .is_some_and(|b| is_ref_to(b, &canary_svc, &ns))
+                });
             return normalize(p, c, mirror, None);
         }
         if w(&apex).is_some() {
@@ -785,18 +863,24 @@ pub fn routes_of_user_rules(canary: &Canary, rules: &Value) -> Result<Routes, Ro
 
 /// Route status → `RouteStatus`.
 pub fn route_status(route: &Value) -> RouteStatus {
-    let generation = route.pointer("/metadata/generation").and_then(Value::as_i64);
+    let generation = route
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
     let parents = route
         .pointer("/status/parents")
         .and_then(Value::as_array)
         .filter(|p| !p.is_empty());
     let Some(parents) = parents else {
         return RouteStatus::Unknown(
-            "the Gateway API implementation writes no route status (status.parents is empty)".into(),
+            "the Gateway API implementation writes no route status (status.parents is empty)"
+                .into(),
         );
     };
     for p in parents {
-        let parent = p.pointer("/parentRef/name").and_then(Value::as_str).unwrap_or("?");
+        let parent = p
+            .pointer("/parentRef/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         let accepted = p
             .get("conditions")
             .and_then(Value::as_array)
@@ -804,7 +888,9 @@ pub fn route_status(route: &Value) -> RouteStatus {
             .flatten()
             .find(|c| c.get("type").and_then(Value::as_str) == Some("Accepted"));
         let Some(c) = accepted else {
-            return RouteStatus::Unknown(format!("parent {parent} reports no Accepted condition yet"));
+            return RouteStatus::Unknown(format!(
+                "parent {parent} reports no Accepted condition yet"
+            ));
         };
         let observed = c.get("observedGeneration").and_then(Value::as_i64);
         if let (Some(o), Some(g)) = (observed, generation)
@@ -835,7 +921,10 @@ pub async fn crd_features(client: &kube::Client) -> (bool, bool) {
     let Ok(v) = serde_json::to_value(&crd.spec) else {
         return (false, false);
     };
-    (has_property(&v, "requestMirror", "percent"), has_property(&v, "rules", "timeouts"))
+    (
+        has_property(&v, "requestMirror", "percent"),
+        has_property(&v, "rules", "timeouts"),
+    )
 }
 
 fn has_property(v: &Value, parent: &str, child: &str) -> bool {
@@ -869,11 +958,17 @@ impl GatewayApiRouter {
     }
 
     fn provider(&self) -> &'static str {
-        if self.linkerd { "linkerd" } else { "gatewayapi" }
+        if self.linkerd {
+            "linkerd"
+        } else {
+            "gatewayapi"
+        }
     }
 
     /// The user's route, when `spec.routeRef` names a Gateway API route.
-    fn user_route(canary: &Canary) -> Result<Option<(RouteKind, Option<String>, String)>, RouterError> {
+    fn user_route(
+        canary: &Canary,
+    ) -> Result<Option<(RouteKind, Option<String>, String)>, RouterError> {
         let Some(r) = &canary.spec.route_ref else {
             return Ok(None);
         };
@@ -900,12 +995,24 @@ impl GatewayApiRouter {
     }
 
     fn route_kind(canary: &Canary) -> Result<RouteKind, RouterError> {
-        let proto = service_spec(canary)?.app_protocol.clone().unwrap_or_default().to_lowercase();
-        Ok(if proto == "grpc" || proto == "grpcs" { RouteKind::Grpc } else { RouteKind::Http })
+        let proto = service_spec(canary)?
+            .app_protocol
+            .clone()
+            .unwrap_or_default()
+            .to_lowercase();
+        Ok(if proto == "grpc" || proto == "grpcs" {
+            RouteKind::Grpc
+        } else {
+            RouteKind::Http
+        })
     }
 
     /// API resource for `kind`, failing with `MissingCrd` when the cluster serves none.
-    fn resource(&self, kind: RouteKind, version: Option<String>) -> Result<kube::api::ApiResource, RouterError> {
+    fn resource(
+        &self,
+        kind: RouteKind,
+        version: Option<String>,
+    ) -> Result<kube::api::ApiResource, RouterError> {
         let served = match kind {
             RouteKind::Http => self.apis.httproute_version.clone(),
             RouteKind::Grpc => self.apis.grpcroute_version.clone(),
@@ -926,7 +1033,9 @@ impl GatewayApiRouter {
 
     fn refuse_user_route_features(canary: &Canary) -> Result<(), RouterError> {
         let a = canary.spec.analysis.as_ref();
-        if a.and_then(|a| a.r#match.as_ref()).is_some_and(|m| !m.is_empty()) {
+        if a.and_then(|a| a.r#match.as_ref())
+            .is_some_and(|m| !m.is_empty())
+        {
             return Err(RouterError::InvalidRoute(
                 "analysis.match (A/B) needs rules of its own and is not supported with a user-owned routeRef".into(),
             ));
@@ -939,26 +1048,47 @@ impl GatewayApiRouter {
         Ok(())
     }
 
-    async fn live(&self, canary: &Canary, ar: &kube::api::ApiResource, name: &str) -> Result<Option<kube::api::DynamicObject>, RouterError> {
+    async fn live(
+        &self,
+        canary: &Canary,
+        ar: &kube::api::ApiResource,
+        name: &str,
+    ) -> Result<Option<kube::api::DynamicObject>, RouterError> {
         let ns = canary.namespace_or_default();
         apply::get_opt(&apply::dyn_api(&self.client, ar, &ns), ar, &ns, name).await
     }
 
-    async fn live_required(&self, canary: &Canary, ar: &kube::api::ApiResource, name: &str) -> Result<kube::api::DynamicObject, RouterError> {
-        self.live(canary, ar, name).await?.ok_or_else(|| RouterError::NotFound {
-            kind: ar.kind.clone(),
-            namespace: canary.namespace_or_default(),
-            name: name.to_string(),
-        })
+    async fn live_required(
+        &self,
+        canary: &Canary,
+        ar: &kube::api::ApiResource,
+        name: &str,
+    ) -> Result<kube::api::DynamicObject, RouterError> {
+        self.live(canary, ar, name)
+            .await?
+            .ok_or_else(|| RouterError::NotFound {
+                kind: ar.kind.clone(),
+                namespace: canary.namespace_or_default(),
+                name: name.to_string(),
+            })
     }
 
     /// Writes `routes` (or, for `None`, the current split / finalize as documented).
-    async fn write(&self, canary: &Canary, routes: Option<Routes>, finalize: bool) -> Result<(), RouterError> {
+    async fn write(
+        &self,
+        canary: &Canary,
+        routes: Option<Routes>,
+        finalize: bool,
+    ) -> Result<(), RouterError> {
         if let Some((kind, version, name)) = Self::user_route(canary)? {
             let ar = self.resource(kind, version)?;
             Self::refuse_user_route_features(canary)?;
             let live = self.live_required(canary, &ar, &name).await?;
-            let rules = live.data.pointer("/spec/rules").cloned().unwrap_or(Value::Null);
+            let rules = live
+                .data
+                .pointer("/spec/rules")
+                .cloned()
+                .unwrap_or(Value::Null);
             let target = if finalize {
                 None
             } else {
@@ -968,7 +1098,8 @@ impl GatewayApiRouter {
                 })
             };
             let new_rules = edit_user_rules(canary, &rules, target)?;
-            apply::patch_user_object(&self.client, &ar, &live, &[("/spec/rules", new_rules)]).await?;
+            apply::patch_user_object(&self.client, &ar, &live, &[("/spec/rules", new_rules)])
+                .await?;
             return Ok(());
         }
         let kind = Self::route_kind(canary)?;
@@ -981,8 +1112,12 @@ impl GatewayApiRouter {
                 return Ok(());
             };
             let port = service_spec(canary)?.port;
-            let mut spec: RouteSpec = serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
-                .map_err(|source| RouterError::Serde { context: format!("read {} {name}", ar.kind), source })?;
+            let mut spec: RouteSpec =
+                serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
+                    .map_err(|source| RouterError::Serde {
+                        context: format!("read {} {name}", ar.kind),
+                        source,
+                    })?;
             for rule in &mut spec.rules {
                 rule.backend_refs = vec![service_ref(&name, port, None)];
                 rule.filters.retain(|f| f.r#type != "RequestMirror");
@@ -997,10 +1132,12 @@ impl GatewayApiRouter {
         let routes = match routes {
             Some(r) => r,
             None => match self.live(canary, &ar, &name).await? {
-                Some(live) => serde_json::from_value::<RouteSpec>(live.data.get("spec").cloned().unwrap_or_default())
-                    .ok()
-                    .and_then(|s| routes_of_spec(canary, &s).ok())
-                    .unwrap_or(Routes::PRIMARY),
+                Some(live) => serde_json::from_value::<RouteSpec>(
+                    live.data.get("spec").cloned().unwrap_or_default(),
+                )
+                .ok()
+                .and_then(|s| routes_of_spec(canary, &s).ok())
+                .unwrap_or(Routes::PRIMARY),
                 None => Routes::PRIMARY,
             },
         };
@@ -1023,11 +1160,21 @@ pub fn render_route(
         source,
     })?;
     let custom = canary.spec.service.as_ref().and_then(|s| s.apex.as_ref());
-    Ok(generated_object(canary, ar, &canary.apex_name(), custom, json!({ "spec": spec })))
+    Ok(generated_object(
+        canary,
+        ar,
+        &canary.apex_name(),
+        custom,
+        json!({ "spec": spec }),
+    ))
 }
 
 impl Router for GatewayApiRouter {
-    fn reconcile<'a>(&'a self, canary: &'a Canary, inputs: &'a ServiceInputs) -> BoxFuture<'a, Result<(), RouterError>> {
+    fn reconcile<'a>(
+        &'a self,
+        canary: &'a Canary,
+        inputs: &'a ServiceInputs,
+    ) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             // CRD and user-route checks come before any write, Services included.
             let kind = match Self::user_route(canary)? {
@@ -1040,9 +1187,18 @@ impl Router for GatewayApiRouter {
         })
     }
 
-    fn set_routes<'a>(&'a self, canary: &'a Canary, routes: Routes) -> BoxFuture<'a, Result<(), RouterError>> {
+    fn set_routes<'a>(
+        &'a self,
+        canary: &'a Canary,
+        routes: Routes,
+    ) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             routes.validate()?;
+            // CRD check first: no API traffic for a provider the cluster lacks.
+            match Self::user_route(canary)? {
+                Some((kind, version, _)) => self.resource(kind, version)?,
+                None => self.resource(Self::route_kind(canary)?, None)?,
+            };
             self.k8s.require_backends(canary).await?;
             self.write(canary, Some(routes), false).await
         })
@@ -1053,13 +1209,20 @@ impl Router for GatewayApiRouter {
             if let Some((kind, version, name)) = Self::user_route(canary)? {
                 let ar = self.resource(kind, version)?;
                 let live = self.live_required(canary, &ar, &name).await?;
-                return routes_of_user_rules(canary, live.data.pointer("/spec/rules").unwrap_or(&Value::Null));
+                return routes_of_user_rules(
+                    canary,
+                    live.data.pointer("/spec/rules").unwrap_or(&Value::Null),
+                );
             }
             let kind = Self::route_kind(canary)?;
             let ar = self.resource(kind, None)?;
             let live = self.live_required(canary, &ar, &canary.apex_name()).await?;
-            let spec: RouteSpec = serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
-                .map_err(|source| RouterError::Serde { context: format!("read {} {}", ar.kind, canary.apex_name()), source })?;
+            let spec: RouteSpec =
+                serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
+                    .map_err(|source| RouterError::Serde {
+                        context: format!("read {} {}", ar.kind, canary.apex_name()),
+                        source,
+                    })?;
             routes_of_spec(canary, &spec)
         })
     }
@@ -1068,7 +1231,10 @@ impl Router for GatewayApiRouter {
         Box::pin(async move {
             let (ar, name) = match Self::user_route(canary)? {
                 Some((kind, version, name)) => (self.resource(kind, version)?, name),
-                None => (self.resource(Self::route_kind(canary)?, None)?, canary.apex_name()),
+                None => (
+                    self.resource(Self::route_kind(canary)?, None)?,
+                    canary.apex_name(),
+                ),
             };
             let live = self.live_required(canary, &ar, &name).await?;
             let v = serde_json::to_value(&live).map_err(|source| RouterError::Serde {
@@ -1090,12 +1256,20 @@ impl Router for GatewayApiRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CanaryAnalysis, HeaderOperation, HeaderOperations, HttpRewrite, LocalObjectReference, SessionAffinity};
+    use crate::crd::{
+        CanaryAnalysis, HeaderOperation, HeaderOperations, HttpRewrite, LocalObjectReference,
+        SessionAffinity,
+    };
     use crate::router::kubernetes::tests::canary as base;
     use pretty_assertions::assert_eq;
 
     fn opts() -> RenderOptions {
-        RenderOptions { kind: RouteKind::Http, mirror_percent: true, timeouts: true, linkerd: false }
+        RenderOptions {
+            kind: RouteKind::Http,
+            mirror_percent: true,
+            timeouts: true,
+            linkerd: false,
+        }
     }
 
     fn canary() -> Canary {
@@ -1125,7 +1299,10 @@ mod tests {
                 }]
             })
         );
-        assert_eq!(routes_of_spec(&canary(), &spec).unwrap(), Routes::weighted(30));
+        assert_eq!(
+            routes_of_spec(&canary(), &spec).unwrap(),
+            Routes::weighted(30)
+        );
     }
 
     #[test]
@@ -1135,17 +1312,43 @@ mod tests {
         s.hosts = Some(vec!["app.example.com".into()]);
         s.timeout = Some("15s".into());
         s.r#match = Some(vec![HttpMatchRequest {
-            uri: Some(StringMatch { prefix: Some("/api".into()), ..Default::default() }),
-            method: Some(StringMatch { exact: Some("get".into()), ..Default::default() }),
-            headers: Some([("x-env".to_string(), StringMatch { prefix: Some("prod.".into()), ..Default::default() })].into()),
+            uri: Some(StringMatch {
+                prefix: Some("/api".into()),
+                ..Default::default()
+            }),
+            method: Some(StringMatch {
+                exact: Some("get".into()),
+                ..Default::default()
+            }),
+            headers: Some(
+                [(
+                    "x-env".to_string(),
+                    StringMatch {
+                        prefix: Some("prod.".into()),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            ),
             ..Default::default()
         }]);
         s.headers = Some(HeaderOperations {
-            request: Some(HeaderOperation { set: Some([("x-a".to_string(), "1".to_string())].into()), ..Default::default() }),
-            response: Some(HeaderOperation { remove: Some(vec!["x-b".into()]), ..Default::default() }),
+            request: Some(HeaderOperation {
+                set: Some([("x-a".to_string(), "1".to_string())].into()),
+                ..Default::default()
+            }),
+            response: Some(HeaderOperation {
+                remove: Some(vec!["x-b".into()]),
+                ..Default::default()
+            }),
         });
-        s.rewrite = Some(HttpRewrite { uri: Some("/v2".into()), authority: Some("internal".into()), r#type: None });
-        let spec = serde_json::to_value(render_route_spec(&c, Routes::PRIMARY, opts()).unwrap()).unwrap();
+        s.rewrite = Some(HttpRewrite {
+            uri: Some("/v2".into()),
+            authority: Some("internal".into()),
+            r#type: None,
+        });
+        let spec =
+            serde_json::to_value(render_route_spec(&c, Routes::PRIMARY, opts()).unwrap()).unwrap();
         assert_eq!(spec["hostnames"], json!(["app.example.com"]));
         assert_eq!(
             spec["rules"][0]["matches"],
@@ -1165,7 +1368,15 @@ mod tests {
         );
         assert_eq!(spec["rules"][0]["timeouts"], json!({"request": "15s"}));
         // Without timeouts in the installed schema, none is written.
-        let no_t = render_route_spec(&c, Routes::PRIMARY, RenderOptions { timeouts: false, ..opts() }).unwrap();
+        let no_t = render_route_spec(
+            &c,
+            Routes::PRIMARY,
+            RenderOptions {
+                timeouts: false,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_eq!(no_t.rules[0].timeouts, None);
     }
 
@@ -1174,8 +1385,32 @@ mod tests {
         let mut c = canary();
         c.spec.analysis = Some(CanaryAnalysis {
             r#match: Some(vec![
-                AbMatch { headers: Some([("x-canary".to_string(), StringMatch { exact: Some("insider".into()), ..Default::default() })].into()), ..Default::default() },
-                AbMatch { headers: Some([("cookie".to_string(), StringMatch { regex: Some("^(.*?;)?(canary=always)(;.*)?$".into()), ..Default::default() })].into()), ..Default::default() },
+                AbMatch {
+                    headers: Some(
+                        [(
+                            "x-canary".to_string(),
+                            StringMatch {
+                                exact: Some("insider".into()),
+                                ..Default::default()
+                            },
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+                AbMatch {
+                    headers: Some(
+                        [(
+                            "cookie".to_string(),
+                            StringMatch {
+                                regex: Some("^(.*?;)?(canary=always)(;.*)?$".into()),
+                                ..Default::default()
+                            },
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
             ]),
             ..Default::default()
         });
@@ -1186,15 +1421,32 @@ mod tests {
             v["rules"][0]["matches"],
             json!([{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "Exact", "name": "x-canary", "value": "insider"}]}])
         );
-        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 0), backend("podinfo-canary", 100)]));
-        assert_eq!(v["rules"][1]["matches"][0]["headers"][0]["type"], "RegularExpression");
-        assert_eq!(v["rules"][2]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(
+            v["rules"][0]["backendRefs"],
+            json!([
+                backend("podinfo-primary", 0),
+                backend("podinfo-canary", 100)
+            ])
+        );
+        assert_eq!(
+            v["rules"][1]["matches"][0]["headers"][0]["type"],
+            "RegularExpression"
+        );
+        assert_eq!(
+            v["rules"][2]["backendRefs"],
+            json!([backend("podinfo-primary", 100)])
+        );
         assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(100));
     }
 
     #[test]
     fn mirror_filter_with_percent_only_when_schema_has_it() {
-        let r = Routes { primary: 100, canary: 0, mirror: true, mirror_weight: Some(20) };
+        let r = Routes {
+            primary: 100,
+            canary: 0,
+            mirror: true,
+            mirror_weight: Some(20),
+        };
         let spec = render_route_spec(&canary(), r, opts()).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -1202,8 +1454,23 @@ mod tests {
             json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 9898}, "percent": 20}}])
         );
         assert_eq!(routes_of_spec(&canary(), &spec).unwrap(), r);
-        let old = render_route_spec(&canary(), r, RenderOptions { mirror_percent: false, ..opts() }).unwrap();
-        assert_eq!(old.rules[0].filters[0].request_mirror.as_ref().unwrap().percent, None);
+        let old = render_route_spec(
+            &canary(),
+            r,
+            RenderOptions {
+                mirror_percent: false,
+                ..opts()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            old.rules[0].filters[0]
+                .request_mirror
+                .as_ref()
+                .unwrap()
+                .percent,
+            None
+        );
         // Back to no mirror: the filter goes.
         let plain = render_route_spec(&canary(), Routes::PRIMARY, opts()).unwrap();
         assert!(plain.rules[0].filters.is_empty());
@@ -1213,7 +1480,11 @@ mod tests {
     fn session_affinity_sets_cookie_and_sticky_rule() {
         let mut c = canary();
         c.spec.analysis = Some(CanaryAnalysis {
-            session_affinity: Some(SessionAffinity { cookie_name: "serin-cookie".into(), max_age: Some(60), ..Default::default() }),
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "serin-cookie".into(),
+                max_age: Some(60),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let mut st = c.status_or_default();
@@ -1226,7 +1497,13 @@ mod tests {
             v["rules"][0]["matches"],
             json!([{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "RegularExpression", "name": "Cookie", "value": ".*serin-cookie.*abc.*"}]}])
         );
-        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 0), backend("podinfo-canary", 100)]));
+        assert_eq!(
+            v["rules"][0]["backendRefs"],
+            json!([
+                backend("podinfo-primary", 0),
+                backend("podinfo-canary", 100)
+            ])
+        );
         assert_eq!(
             v["rules"][1]["backendRefs"][1]["filters"],
             json!([{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": "serin-cookie=abc; Max-Age=60"}]}}])
@@ -1236,21 +1513,44 @@ mod tests {
         // Weight 0 after the run: the previous cookie is expired on the primary.
         let done = render_route_spec(&c, Routes::PRIMARY, opts()).unwrap();
         let v = serde_json::to_value(&done).unwrap();
-        assert_eq!(v["rules"][0]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"], "serin-cookie=abc; Max-Age=-1");
+        assert_eq!(
+            v["rules"][0]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            "serin-cookie=abc; Max-Age=-1"
+        );
         assert_eq!(routes_of_spec(&c, &done).unwrap(), Routes::PRIMARY);
     }
 
     #[test]
     fn linkerd_defaults_parent_to_apex_service_and_gateway_needs_refs() {
         let c = base();
-        let spec = render_route_spec(&c, Routes::PRIMARY, RenderOptions { linkerd: true, ..opts() }).unwrap();
+        let spec = render_route_spec(
+            &c,
+            Routes::PRIMARY,
+            RenderOptions {
+                linkerd: true,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_eq!(
             serde_json::to_value(&spec.parent_refs).unwrap(),
             json!([{"group": "core", "kind": "Service", "name": "podinfo", "port": 9898}])
         );
-        assert!(matches!(render_route_spec(&c, Routes::PRIMARY, opts()), Err(RouterError::InvalidRoute(_))));
         assert!(matches!(
-            render_route_spec(&canary(), Routes { primary: 60, canary: 60, mirror: false, mirror_weight: None }, opts()),
+            render_route_spec(&c, Routes::PRIMARY, opts()),
+            Err(RouterError::InvalidRoute(_))
+        ));
+        assert!(matches!(
+            render_route_spec(
+                &canary(),
+                Routes {
+                    primary: 60,
+                    canary: 60,
+                    mirror: false,
+                    mirror_weight: None
+                },
+                opts()
+            ),
             Err(RouterError::InvalidWeights { .. })
         ));
     }
@@ -1261,7 +1561,15 @@ mod tests {
         c.spec.service.as_mut().unwrap().app_protocol = Some("grpc".into());
         c.spec.service.as_mut().unwrap().timeout = Some("5s".into());
         assert_eq!(GatewayApiRouter::route_kind(&c).unwrap(), RouteKind::Grpc);
-        let spec = render_route_spec(&c, Routes::weighted(5), RenderOptions { kind: RouteKind::Grpc, ..opts() }).unwrap();
+        let spec = render_route_spec(
+            &c,
+            Routes::weighted(5),
+            RenderOptions {
+                kind: RouteKind::Grpc,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert!(spec.rules[0].matches.is_empty());
         assert_eq!(spec.rules[0].timeouts, None);
     }
@@ -1309,7 +1617,10 @@ mod tests {
         k["weight"] = json!(25);
         expected["backendRefs"] = json!([p, k]);
         assert_eq!(after[1], expected);
-        assert_eq!(routes_of_user_rules(&c, &after).unwrap(), Routes::weighted(25));
+        assert_eq!(
+            routes_of_user_rules(&c, &after).unwrap(),
+            Routes::weighted(25)
+        );
         assert_eq!(routes_of_user_rules(&c, &before).unwrap(), Routes::PRIMARY);
         // A further step edits the split in place; finalize restores the original.
         let again = edit_user_rules(&c, &after, Some(Routes::weighted(50))).unwrap();
@@ -1323,11 +1634,19 @@ mod tests {
     fn route_ref_mirror_adds_and_removes_only_its_own_filter() {
         let c = route_ref_canary();
         let before = user_route();
-        let m = Routes { primary: 100, canary: 0, mirror: true, mirror_weight: None };
+        let m = Routes {
+            primary: 100,
+            canary: 0,
+            mirror: true,
+            mirror_weight: None,
+        };
         let mirrored = edit_user_rules(&c, &before, Some(m)).unwrap();
         let filters = mirrored[1]["filters"].as_array().unwrap();
         assert_eq!(filters[0], before[1]["filters"][0]);
-        assert_eq!(filters[1]["requestMirror"]["backendRef"]["name"], "podinfo-canary");
+        assert_eq!(
+            filters[1]["requestMirror"]["backendRef"]["name"],
+            "podinfo-canary"
+        );
         assert_eq!(routes_of_user_rules(&c, &mirrored).unwrap(), m);
         let unmirrored = edit_user_rules(&c, &mirrored, Some(Routes::PRIMARY)).unwrap();
         assert_eq!(unmirrored[1]["filters"], before[1]["filters"]);
@@ -1343,7 +1662,10 @@ mod tests {
         assert!(err.to_string().contains("HTTPRoute user-route"), "{err}");
         // A/B is refused in routeRef mode.
         let mut ab = route_ref_canary();
-        ab.spec.analysis = Some(CanaryAnalysis { r#match: Some(vec![AbMatch::default()]), ..Default::default() });
+        ab.spec.analysis = Some(CanaryAnalysis {
+            r#match: Some(vec![AbMatch::default()]),
+            ..Default::default()
+        });
         assert!(GatewayApiRouter::refuse_user_route_features(&ab).is_err());
         let mut bad = route_ref_canary();
         bad.spec.route_ref.as_mut().unwrap().kind = "ApisixRoute".into();
@@ -1353,13 +1675,18 @@ mod tests {
     #[test]
     fn status_parents_decide_acceptance() {
         let none = json!({"metadata": {"generation": 2}, "status": {}});
-        assert!(matches!(route_status(&none), RouteStatus::Unknown(m) if m.contains("writes no route status")));
+        assert!(
+            matches!(route_status(&none), RouteStatus::Unknown(m) if m.contains("writes no route status"))
+        );
         let ok = json!({"metadata": {"generation": 2}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "True", "observedGeneration": 2}]}]}});
         assert_eq!(route_status(&ok), RouteStatus::Accepted);
         let stale = json!({"metadata": {"generation": 3}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "True", "observedGeneration": 2}]}]}});
         assert!(matches!(route_status(&stale), RouteStatus::Unknown(_)));
         let no = json!({"metadata": {"generation": 2}, "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners", "message": "no listener", "observedGeneration": 2}]}]}});
-        assert_eq!(route_status(&no), RouteStatus::NotAccepted("parent gw: NotAllowedByListeners: no listener".into()));
+        assert_eq!(
+            route_status(&no),
+            RouteStatus::NotAccepted("parent gw: NotAllowedByListeners: no listener".into())
+        );
     }
 
     #[test]
@@ -1367,6 +1694,10 @@ mod tests {
         let with = json!({"versions": [{"schema": {"openAPIV3Schema": {"properties": {"spec": {"properties": {"rules": {"items": {"properties": {"timeouts": {}, "filters": {"items": {"properties": {"requestMirror": {"properties": {"percent": {}}}}}}}}}}}}}}}]});
         assert!(has_property(&with, "requestMirror", "percent"));
         assert!(has_property(&with, "rules", "timeouts"));
-        assert!(!has_property(&json!({"rules": {"items": {"properties": {}}}}), "rules", "timeouts"));
+        assert!(!has_property(
+            &json!({"rules": {"items": {"properties": {}}}}),
+            "rules",
+            "timeouts"
+        ));
     }
 }

@@ -51,7 +51,10 @@ fn service_resource() -> ApiResource {
 
 /// The Service ports: the main port, then (with `portDiscovery`) every other container
 /// port of the target, each once, named after the container port.
-pub fn render_ports(canary: &Canary, inputs: &ServiceInputs) -> Result<Vec<ServicePort>, RouterError> {
+pub fn render_ports(
+    canary: &Canary,
+    inputs: &ServiceInputs,
+) -> Result<Vec<ServicePort>, RouterError> {
     let svc = service_spec(canary)?;
     let main_name = svc.port_name.clone().unwrap_or_else(|| "http".to_string());
     let target = svc
@@ -71,7 +74,10 @@ pub fn render_ports(canary: &Canary, inputs: &ServiceInputs) -> Result<Vec<Servi
         for cp in &inputs.container_ports {
             let same_as_main = cp.container_port == svc.port
                 || target == IntOrString::Int(cp.container_port)
-                || cp.name.as_ref().is_some_and(|n| target == IntOrString::String(n.clone()));
+                || cp
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| target == IntOrString::String(n.clone()));
             let name = cp
                 .name
                 .clone()
@@ -117,7 +123,10 @@ pub fn render_services(
         ApexTarget::Target => target_sel.clone(),
     };
     let ar = service_resource();
-    let one = |name: String, selector: BTreeMap<String, String>, custom| -> Result<DynamicObject, RouterError> {
+    let one = |name: String,
+               selector: BTreeMap<String, String>,
+               custom|
+     -> Result<DynamicObject, RouterError> {
         let spec = ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector),
@@ -129,12 +138,26 @@ pub fn render_services(
             context: format!("render Service {name}"),
             source,
         })?;
-        Ok(generated_object(canary, &ar, &name, custom, json!({ "spec": spec })))
+        Ok(generated_object(
+            canary,
+            &ar,
+            &name,
+            custom,
+            json!({ "spec": spec }),
+        ))
     };
     Ok([
         one(canary.apex_name(), apex_sel, svc.apex.as_ref())?,
-        one(canary.primary_service_name(), primary_sel, svc.primary.as_ref())?,
-        one(canary.canary_service_name(), target_sel, svc.canary.as_ref())?,
+        one(
+            canary.primary_service_name(),
+            primary_sel,
+            svc.primary.as_ref(),
+        )?,
+        one(
+            canary.canary_service_name(),
+            target_sel,
+            svc.canary.as_ref(),
+        )?,
     ])
 }
 
@@ -168,7 +191,11 @@ impl KubernetesRouter {
         }
     }
 
-    async fn get_service(&self, canary: &Canary, name: &str) -> Result<Option<DynamicObject>, RouterError> {
+    async fn get_service(
+        &self,
+        canary: &Canary,
+        name: &str,
+    ) -> Result<Option<DynamicObject>, RouterError> {
         let ar = service_resource();
         let ns = canary.namespace_or_default();
         apply::get_opt(&apply::dyn_api(&self.client, &ar, &ns), &ar, &ns, name).await
@@ -217,19 +244,33 @@ impl KubernetesRouter {
             ApexTarget::Primary => canary.primary_service_name(),
             ApexTarget::Target => canary.canary_service_name(),
         };
-        let source = self.get_service(canary, &from).await?.ok_or_else(|| RouterError::NotFound {
-            kind: "Service".into(),
-            namespace: ns.clone(),
-            name: from.clone(),
-        })?;
-        let selector = source.data.pointer("/spec/selector").cloned().unwrap_or_default();
+        let source =
+            self.get_service(canary, &from)
+                .await?
+                .ok_or_else(|| RouterError::NotFound {
+                    kind: "Service".into(),
+                    namespace: ns.clone(),
+                    name: from.clone(),
+                })?;
+        let selector = source
+            .data
+            .pointer("/spec/selector")
+            .cloned()
+            .unwrap_or_default();
         let apex_name = canary.apex_name();
-        let apex = self.get_service(canary, &apex_name).await?.ok_or_else(|| RouterError::NotFound {
-            kind: "Service".into(),
-            namespace: ns.clone(),
-            name: apex_name.clone(),
-        })?;
-        let have = apex.data.pointer("/spec/selector").cloned().unwrap_or_default();
+        let apex =
+            self.get_service(canary, &apex_name)
+                .await?
+                .ok_or_else(|| RouterError::NotFound {
+                    kind: "Service".into(),
+                    namespace: ns.clone(),
+                    name: apex_name.clone(),
+                })?;
+        let have = apex
+            .data
+            .pointer("/spec/selector")
+            .cloned()
+            .unwrap_or_default();
         let fields = [("/spec/selector", apply::merge_diff(&have, &selector))];
         if have == selector {
             return Ok(());
@@ -251,7 +292,11 @@ impl Router for KubernetesRouter {
         })
     }
 
-    fn set_routes<'a>(&'a self, canary: &'a Canary, routes: Routes) -> BoxFuture<'a, Result<(), RouterError>> {
+    fn set_routes<'a>(
+        &'a self,
+        canary: &'a Canary,
+        routes: Routes,
+    ) -> BoxFuture<'a, Result<(), RouterError>> {
         Box::pin(async move {
             routes.validate()?;
             if !self.switch_apex {
@@ -279,11 +324,14 @@ impl Router for KubernetesRouter {
     fn get_routes<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<Routes, RouterError>> {
         Box::pin(async move {
             let name = canary.apex_name();
-            let apex = self.get_service(canary, &name).await?.ok_or_else(|| RouterError::NotFound {
-                kind: "Service".into(),
-                namespace: canary.namespace_or_default(),
-                name,
-            })?;
+            let apex =
+                self.get_service(canary, &name)
+                    .await?
+                    .ok_or_else(|| RouterError::NotFound {
+                        kind: "Service".into(),
+                        namespace: canary.namespace_or_default(),
+                        name,
+                    })?;
             Ok(match apex_target_of(&apex) {
                 ApexTarget::Primary => Routes::PRIMARY,
                 ApexTarget::Target => Routes::weighted(100),
@@ -291,7 +339,10 @@ impl Router for KubernetesRouter {
         })
     }
 
-    fn verify<'a>(&'a self, _canary: &'a Canary) -> BoxFuture<'a, Result<RouteStatus, RouterError>> {
+    fn verify<'a>(
+        &'a self,
+        _canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<RouteStatus, RouterError>> {
         // A Service has no acceptance status: once written, kube-proxy/endpoints act on it.
         Box::pin(async move { Ok(RouteStatus::Accepted) })
     }
@@ -306,7 +357,7 @@ impl Router for KubernetesRouter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::{CanarySpec, CanaryService, CustomMetadata, TargetRef, UnmanagedMetadata};
+    use crate::crd::{CanaryService, CanarySpec, CustomMetadata, TargetRef, UnmanagedMetadata};
     use k8s_openapi::api::core::v1::ContainerPort;
 
     pub fn canary() -> Canary {
@@ -339,19 +390,32 @@ pub(crate) mod tests {
 
     #[test]
     fn three_services_with_selectors_and_markers() {
-        let [apex, primary, can] = render_services(&canary(), &inputs(), ApexTarget::Primary).unwrap();
+        let [apex, primary, can] =
+            render_services(&canary(), &inputs(), ApexTarget::Primary).unwrap();
         assert_eq!(apex.metadata.name.as_deref(), Some("podinfo"));
-        assert_eq!(apex.data["spec"]["selector"], json!({"app": "podinfo-primary"}));
+        assert_eq!(
+            apex.data["spec"]["selector"],
+            json!({"app": "podinfo-primary"})
+        );
         assert_eq!(primary.metadata.name.as_deref(), Some("podinfo-primary"));
-        assert_eq!(primary.data["spec"]["selector"], json!({"app": "podinfo-primary"}));
+        assert_eq!(
+            primary.data["spec"]["selector"],
+            json!({"app": "podinfo-primary"})
+        );
         assert_eq!(can.metadata.name.as_deref(), Some("podinfo-canary"));
         assert_eq!(can.data["spec"]["selector"], json!({"app": "podinfo"}));
         assert_eq!(
             apex.data["spec"]["ports"],
             json!([{"name": "http", "port": 9898, "protocol": "TCP", "targetPort": 9898}])
         );
-        assert_eq!(apex.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"], "serin");
-        assert_eq!(apex.metadata.annotations.as_ref().unwrap()["serin.dev/canary"], "podinfo");
+        assert_eq!(
+            apex.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "serin"
+        );
+        assert_eq!(
+            apex.metadata.annotations.as_ref().unwrap()["serin.dev/canary"],
+            "podinfo"
+        );
         assert!(apex.data["spec"].get("clusterIP").is_none());
         let [switched, ..] = render_services(&canary(), &inputs(), ApexTarget::Target).unwrap();
         assert_eq!(switched.data["spec"]["selector"], json!({"app": "podinfo"}));
@@ -369,7 +433,13 @@ pub(crate) mod tests {
         svc.port_discovery = Some(true);
         svc.headless = Some(true);
         svc.apex = Some(CustomMetadata {
-            labels: Some([("team".to_string(), "a".to_string()), ("owned-elsewhere".to_string(), "x".to_string())].into()),
+            labels: Some(
+                [
+                    ("team".to_string(), "a".to_string()),
+                    ("owned-elsewhere".to_string(), "x".to_string()),
+                ]
+                .into(),
+            ),
             annotations: None,
         });
         svc.unmanaged_metadata = Some(UnmanagedMetadata {
@@ -378,9 +448,22 @@ pub(crate) mod tests {
         });
         let mut inp = inputs();
         inp.container_ports = vec![
-            ContainerPort { name: Some("http".into()), container_port: 9898, ..Default::default() },
-            ContainerPort { name: Some("grpc".into()), container_port: 9999, ..Default::default() },
-            ContainerPort { name: None, container_port: 8080, protocol: Some("UDP".into()), ..Default::default() },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: 9898,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: 9999,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: None,
+                container_port: 8080,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
         ];
         let [apex, ..] = render_services(&c, &inp, ApexTarget::Primary).unwrap();
         assert_eq!(

@@ -275,10 +275,10 @@ pub fn router_for(provider: Provider, client: kube::Client, apis: &RoutingApis) 
             Box::new(GatewayApiRouter::new(client, apis.clone(), false))
         }
         Provider::Linkerd => Box::new(GatewayApiRouter::new(client, apis.clone(), true)),
-        Provider::Istio => Box::new(IstioRouter::new(client, apis.clone(), ())),
-        Provider::Traefik => Box::new(TraefikRouter::new(client, apis.clone(), ())),
+        Provider::Istio => Box::new(IstioRouter::new(client, apis.clone())),
+        Provider::Traefik => Box::new(TraefikRouter::new(client, apis.clone())),
         Provider::Smi(v) => Box::new(SmiRouter::new(client, apis.clone(), v)),
-        Provider::Nginx => Box::new(NginxRouter::new(client, (), ())),
+        Provider::Nginx => Box::new(NginxRouter::new(client)),
     }
 }
 
@@ -307,9 +307,7 @@ pub(crate) fn generated_metadata(
         .service
         .as_ref()
         .and_then(|s| s.unmanaged_metadata.as_ref());
-    let skip_labels: Vec<String> = unmanaged
-        .and_then(|u| u.labels.clone())
-        .unwrap_or_default();
+    let skip_labels: Vec<String> = unmanaged.and_then(|u| u.labels.clone()).unwrap_or_default();
     let skip_ann: Vec<String> = unmanaged
         .and_then(|u| u.annotations.clone())
         .unwrap_or_default();
@@ -391,7 +389,11 @@ pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
     h.update(canary.metadata.uid.as_deref().unwrap_or("").as_bytes());
     h.update(b"/");
     h.update(status.last_applied_spec.as_deref().unwrap_or("").as_bytes());
-    format!("{}={}", affinity.cookie_name, hex::encode(&h.finalize()[..10]))
+    format!(
+        "{}={}",
+        affinity.cookie_name,
+        hex::encode(&h.finalize()[..10])
+    )
 }
 
 /// `Set-Cookie` value for `cookie` (`name=value`) with the attributes the user set,
@@ -427,7 +429,12 @@ pub(crate) fn cookie_regex(cookie: &str) -> String {
 
 /// Splits a ±100 total read back from a data plane into `Routes`, rejecting splits that
 /// do not add up so that a hand-edited object is reported rather than trusted.
-pub(crate) fn routes_from(primary: u32, canary: u32, mirror: bool, mirror_weight: Option<u32>) -> Result<Routes, RouterError> {
+pub(crate) fn routes_from(
+    primary: u32,
+    canary: u32,
+    mirror: bool,
+    mirror_weight: Option<u32>,
+) -> Result<Routes, RouterError> {
     let r = Routes {
         primary,
         canary,
