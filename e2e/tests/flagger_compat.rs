@@ -7,6 +7,7 @@
 //!   does not route for), and Serin's CRD schema accepts every field Flagger's does.
 //! - With a cluster: each example is created on the real API server and read back;
 //!   the stored `spec` must equal the sent one, so no field is pruned by the schema.
+//!   Each file also passes `kubectl apply` with client-side validation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -556,24 +557,60 @@ async fn round_trip(client: &Client, ns: &str, ex: &Example) -> Result<Vec<Strin
     doc["metadata"]["namespace"] = Value::String(ns.into());
     let obj: DynamicObject = serde_json::from_value(doc.clone())?;
     // The CRDs were just applied: until the API server serves them, creation 404s.
-    serin_e2e::wait_for(
-        &format!("{} to be created", ex.label()),
+    // Any other answer is final, so it ends the wait rather than being retried.
+    let created = serin_e2e::wait_for(
+        &format!("{} to be served", ex.label()),
         Duration::from_secs(30),
         || {
             let (api, obj) = (api.clone(), obj.clone());
             async move {
                 match api.create(&PostParams::default(), &obj).await {
-                    Ok(o) => Ok(Some(o)),
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-                    Err(e) => Err(anyhow::Error::new(e)),
+                    other => Ok(Some(other)),
                 }
             }
         },
     )
-    .await
-    .with_context(|| format!("{}: rejected by the API server", ex.label()))?;
+    .await?;
+    created.with_context(|| format!("{}: rejected by the API server", ex.label()))?;
     let stored = api.get(ex.name()).await?;
     Ok(diff_lines(&doc["spec"], &stored.data["spec"]))
+}
+
+/// Applies one example file with kubectl as a user would, server-side dry run with
+/// client-side validation on: kubectl 1.20 validates against the published OpenAPI
+/// and has refused schemas the API server itself accepts (a null enum value).
+async fn kubectl_dry_run(env: &serin_e2e::ClusterEnv, ns: &str, file: &Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let text = std::fs::read_to_string(file)?.replace(FLAGGER_API_VERSION, SERIN_API_VERSION);
+    let mut child = tokio::process::Command::new("kubectl")
+        .args([
+            "apply",
+            "--dry-run=server",
+            "--validate=true",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    let mut stdin = child.stdin.take().context("kubectl stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "{}: kubectl apply: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test]
@@ -585,6 +622,13 @@ async fn flagger_examples_round_trip_through_the_api_server() -> Result<()> {
     let client = env.client().await?;
     let ns = serin_e2e::TestNamespace::create(&client, "flagger-compat").await?;
     let mut failures = Vec::new();
+    let mut files: Vec<String> = examples().into_iter().map(|e| e.file).collect();
+    files.dedup();
+    for file in &files {
+        if let Err(e) = kubectl_dry_run(&env, &ns.name, &testdata().join(file)).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
     let all = examples();
     for ex in &all {
         match round_trip(&client, &ns.name, ex).await {
@@ -596,7 +640,7 @@ async fn flagger_examples_round_trip_through_the_api_server() -> Result<()> {
     ns.cleanup().await?;
     if !failures.is_empty() {
         bail!(
-            "{} of {} examples changed on the API server:\n{}",
+            "{} problems with {} examples on the API server:\n{}",
             failures.len(),
             all.len(),
             failures.join("\n")
