@@ -199,6 +199,7 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
     assert_eq!(replicas(&client, &ns.name, "app").await?, 0);
 
     app = app.version("v3").env("CRASH", "1");
+    seen.clear();
     release(&client, &app).await?;
     let started = Instant::now();
     let failed = wait_phase(&api, "app", "Failed", Duration::from_secs(90), &op, &mut seen).await?;
@@ -319,6 +320,7 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
     assert_eq!(after.count("v2"), after.responses, "all traffic on the promoted primary");
 
     app = app.version("v3").env("ERROR_RATE", "0.3");
+    seen.clear();
     release(&client, &app).await?;
     let failed = wait_phase(&api, "web", "Failed", Duration::from_secs(120), &op, &mut seen).await?;
     let checks = failed["lastAnalysis"].as_array().cloned().unwrap_or_default();

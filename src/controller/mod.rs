@@ -308,12 +308,12 @@ async fn run_controller(
         let stores = ctx.stores.clone();
         tokio::spawn(async move {
             let synced = async {
-                let _ = stores.canaries.wait_until_ready().await;
-                let _ = stores.deployments.wait_until_ready().await;
-                let _ = stores.daemonsets.wait_until_ready().await;
-                let _ = stores.configmaps.wait_until_ready().await;
-                let _ = stores.secrets.wait_until_ready().await;
-                let _ = stores.templates.wait_until_ready().await;
+                wait_ready(&stores.canaries).await;
+                wait_ready(&stores.deployments).await;
+                wait_ready(&stores.daemonsets).await;
+                wait_ready(&stores.configmaps).await;
+                wait_ready(&stores.secrets).await;
+                wait_ready(&stores.templates).await;
             };
             synced.await;
             ready.store(true, Ordering::Relaxed);
@@ -348,6 +348,23 @@ async fn run_controller(
         })
         .await;
     Ok(())
+}
+
+/// Waits until `store` has its first full list. kube-runtime's readiness signal keeps
+/// one waker, and the Controller waits on the Canary store too, so a lone waiter can
+/// miss its wake-up: poll again every half second.
+async fn wait_ready<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        store.wait_until_ready(),
+    )
+    .await
+    .is_err()
+    {}
 }
 
 struct StoreSecrets(Store<Secret>);

@@ -496,11 +496,17 @@ pub fn render_route_spec(
         }
         _ => None,
     };
+    // A zero-weight backendRef carries no traffic, and Traefik 3.0.4 drops the whole
+    // route when such a backend has no endpoints (the canary scaled to zero): leave
+    // it out instead.
     let weighted = |p: u32, c: u32| {
-        vec![
+        [
             service_ref(&primary, port, Some(p)),
             service_ref(&canary_svc, port, Some(c)),
         ]
+        .into_iter()
+        .filter(|b| b.weight != Some(0) || (p == 0 && c == 0))
+        .collect::<Vec<_>>()
     };
     let mut weighted_rule = Rule {
         matches: matches.clone(),
@@ -644,9 +650,9 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
         .rules
         .iter()
         .filter(|r| !cookie_name.as_deref().is_some_and(|c| is_sticky(r, c)))
-        .find(|r| weight_of(r, &primary).is_some() && weight_of(r, &canary_svc).is_some())
+        .find(|r| weight_of(r, &primary).is_some() || weight_of(r, &canary_svc).is_some())
         .ok_or_else(|| {
-            RouterError::InvalidRoute(format!("no rule routes to both {primary} and {canary_svc}"))
+            RouterError::InvalidRoute(format!("no rule routes to {primary} or {canary_svc}"))
         })?;
     let (p, c) = (
         weight_of(rule, &primary).unwrap_or(0),
@@ -751,11 +757,13 @@ pub fn edit_user_rules(
             }
             b
         };
+        // Zero-weight refs are left out, as in generated routes (see render_route_spec).
         let replacement = match routes {
-            Some(r) => vec![
-                with(&primary, Some(r.primary)),
-                with(&canary_svc, Some(r.canary)),
-            ],
+            Some(r) => [(&primary, r.primary), (&canary_svc, r.canary)]
+                .into_iter()
+                .filter(|(_, w)| *w > 0 || (r.primary == 0 && r.canary == 0))
+                .map(|(n, w)| with(n, Some(w)))
+                .collect(),
             None => vec![with(&apex, None)],
         };
         let mut new_refs: Vec<Value> = Vec::with_capacity(refs.len() + 1);
@@ -840,7 +848,8 @@ pub fn routes_of_user_rules(canary: &Canary, rules: &Value) -> Result<Routes, Ro
                 .find(|b| is_ref_to(b, n, &ns))
                 .map(|b| b.get("weight").and_then(Value::as_u64).unwrap_or(1) as u32)
         };
-        if let (Some(p), Some(c)) = (w(&primary), w(&canary_svc)) {
+        if w(&primary).is_some() || w(&canary_svc).is_some() {
+            let (p, c) = (w(&primary).unwrap_or(0), w(&canary_svc).unwrap_or(0));
             let mirror = rule
                 .get("filters")
                 .and_then(Value::as_array)
@@ -1287,6 +1296,18 @@ mod tests {
     }
 
     #[test]
+    fn zero_weight_backends_are_left_out_and_read_back_as_zero() {
+        let idle = render_route_spec(&canary(), Routes::PRIMARY, opts()).unwrap();
+        let v = serde_json::to_value(&idle).unwrap();
+        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(routes_of_spec(&canary(), &idle).unwrap(), Routes::PRIMARY);
+        let all = render_route_spec(&canary(), Routes::weighted(100), opts()).unwrap();
+        let v = serde_json::to_value(&all).unwrap();
+        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-canary", 100)]));
+        assert_eq!(routes_of_spec(&canary(), &all).unwrap(), Routes::weighted(100));
+    }
+
+    #[test]
     fn weighted_route_with_explicit_group_and_kind() {
         let spec = render_route_spec(&canary(), Routes::weighted(30), opts()).unwrap();
         assert_eq!(
@@ -1423,10 +1444,9 @@ mod tests {
         );
         assert_eq!(
             v["rules"][0]["backendRefs"],
-            json!([
-                backend("podinfo-primary", 0),
-                backend("podinfo-canary", 100)
-            ])
+            // The zero-weight primary ref is left out (Traefik drops routes with
+            // empty zero-weight backends).
+            json!([backend("podinfo-canary", 100)])
         );
         assert_eq!(
             v["rules"][1]["matches"][0]["headers"][0]["type"],
@@ -1499,10 +1519,9 @@ mod tests {
         );
         assert_eq!(
             v["rules"][0]["backendRefs"],
-            json!([
-                backend("podinfo-primary", 0),
-                backend("podinfo-canary", 100)
-            ])
+            // The zero-weight primary ref is left out (Traefik drops routes with
+            // empty zero-weight backends).
+            json!([backend("podinfo-canary", 100)])
         );
         assert_eq!(
             v["rules"][1]["backendRefs"][1]["filters"],
