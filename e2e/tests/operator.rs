@@ -347,9 +347,11 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-bad").await?;
     let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
-    SampleApp::new(&ns.name, "good", &env.sample_app_command())
-        .deploy(&client)
-        .await?;
+    for app in ["good", "other"] {
+        SampleApp::new(&ns.name, app, &env.sample_app_command())
+            .deploy(&client)
+            .await?;
+    }
     let canary = |name: &str, target: &str, analysis: Value, provider: &str| {
         json!({
             "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
@@ -382,7 +384,7 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
             "notemplate",
             canary(
                 "notemplate",
-                "good",
+                "other",
                 json!({"interval": "5s", "iterations": 1,
                        "metrics": [{"name": "x", "templateRef": {"name": "nope"}, "thresholdRange": {"min": 1}}]}),
                 "kubernetes",
@@ -429,7 +431,11 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
     // apart from being scaled down by its own (good) Canary.
     let svcs = Api::<Service>::namespaced(client.clone(), &ns.name).list(&Default::default()).await?;
     let names: BTreeSet<String> = svcs.items.into_iter().filter_map(|s| s.metadata.name).collect();
-    assert_eq!(names, BTreeSet::from(["good".into(), "good-canary".into(), "good-primary".into()]));
+    // The MetricTemplate check comes before any object is generated: "other" has only
+    // the Service the test itself created.
+    let want = ["good", "good-canary", "good-primary", "other"];
+    assert_eq!(names, want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+    assert_eq!(replicas(&client, &ns.name, "other").await?, 1, "a broken Canary scales nothing");
     assert!(Api::<Deployment>::namespaced(client.clone(), &ns.name).get_opt("missing-primary").await?.is_none());
     // The good Canary still follows a new revision.
     let mut app = SampleApp::new(&ns.name, "good", &env.sample_app_command()).version("v2");

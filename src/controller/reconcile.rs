@@ -174,7 +174,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         return Ok(Requeue::requeue(BROKEN_RETRY));
     };
 
-    if let Some(owner) = other_canary_for_target(canary, &ctx.stores.canaries) {
+    if let Some(owner) = other_canary_for_target(canary, &ctx.stores.canaries, &ctx.default_provider) {
         let msg = format!(
             "{} {ns}/{} is already managed by Canary {owner}; one Canary per target",
             canary.spec.target_ref.kind,
@@ -483,8 +483,9 @@ fn find_workload(ctx: &Context, kind: &str, ns: &str, name: &str) -> Option<Work
 }
 
 /// The Canary that owns the target when another one claims it too: the oldest wins,
-/// so that a second Canary cannot take over a running release.
-fn other_canary_for_target(canary: &Canary, store: &Store<Canary>) -> Option<String> {
+/// so that a second Canary cannot take over a running release. A Canary whose spec
+/// does not validate can never run, so it claims nothing.
+fn other_canary_for_target(canary: &Canary, store: &Store<Canary>, default_provider: &str) -> Option<String> {
     let key = |c: &Canary| {
         (
             c.metadata.creation_timestamp.clone().map(|t| t.0),
@@ -500,6 +501,7 @@ fn other_canary_for_target(canary: &Canary, store: &Store<Canary>) -> Option<Str
                 && c.spec.target_ref.kind == canary.spec.target_ref.kind
                 && c.spec.target_ref.name == canary.spec.target_ref.name
                 && c.metadata.deletion_timestamp.is_none()
+                && Settings::from_spec(&c.spec, default_provider).is_ok()
         })
         .filter(|c| key(c) < key(canary))
         .map(|c| c.name_any())
