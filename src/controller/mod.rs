@@ -1,6 +1,7 @@
 //! The controller: a pure state machine (`machine`) between the code that observes the
 //! cluster and the code that acts on it (`reconcile`, `workload`).
 
+pub mod apicount;
 pub mod machine;
 pub mod reconcile;
 pub mod status;
@@ -51,10 +52,16 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the operator until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     init_tracing(args.log_format);
-    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::new());
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Startup(format!("no Kubernetes config (KUBECONFIG or in-cluster): {e}")))?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(RunError::Client)?
+        .with_layer(&apicount::layer(metrics.clone()))
+        .build();
     preflight(&client).await?;
 
-    let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let state = ServerState {
         metrics: metrics.clone(),
