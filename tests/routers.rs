@@ -301,8 +301,23 @@ async fn kubernetes_services_and_blue_green_switch() {
         client.clone(),
         &RoutingApis::default(),
     );
-    router.reconcile(&canary, &inputs()).await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    // The user's own Service, selecting the target pods, existed before Serin.
+    let user_svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo", "labels": {"team": "a"}},
+        "spec": {"selector": {"app": "podinfo"}, "ports": [{"name": "http", "port": 9898}]}
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &user_svc)
+        .await
+        .unwrap();
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    let taken_over = svcs.get("podinfo").await.unwrap();
+    assert_eq!(taken_over.metadata.labels.as_ref().unwrap()["team"], "a");
+    assert!(
+        taken_over.metadata.owner_references.is_none(),
+        "a pre-existing Service is not owned"
+    );
     let sel = |s: Service| s.spec.and_then(|s| s.selector).unwrap_or_default();
     let app = |v: &str| BTreeMap::from([("app".to_string(), v.to_string())]);
     assert_eq!(
@@ -318,7 +333,10 @@ async fn kubernetes_services_and_blue_green_switch() {
         app("podinfo")
     );
     let svc_ar = ApiResource::erase::<Service>(&());
-    assert_generated(&get(&client, &svc_ar, &ns, "podinfo").await, &canary);
+    assert_generated(
+        &get(&client, &svc_ar, &ns, "podinfo-primary").await,
+        &canary,
+    );
 
     router
         .set_routes(&canary, Routes::weighted(100))
@@ -839,6 +857,48 @@ async fn nginx_steps() {
         },
     )
     .await;
+    // A/B: header annotations while the canary has traffic, removed afterwards.
+    let mut ab = canary.clone();
+    ab.spec
+        .analysis
+        .get_or_insert_with(Default::default)
+        .r#match = Some(vec![serin::crd::AbMatch {
+        headers: Some(
+            [(
+                "x-canary".to_string(),
+                serin::crd::StringMatch {
+                    exact: Some("insider".into()),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }]);
+    router.set_routes(&ab, Routes::weighted(100)).await.unwrap();
+    let a = get(&client, &ing_ar, &ns, "podinfo-canary")
+        .await
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert_eq!(
+        a["nginx.ingress.kubernetes.io/canary-by-header"],
+        "x-canary"
+    );
+    assert_eq!(
+        a["nginx.ingress.kubernetes.io/canary-by-header-value"],
+        "insider"
+    );
+    assert_eq!(a["nginx.ingress.kubernetes.io/canary-weight"], "0");
+    assert_eq!(router.get_routes(&ab).await.unwrap(), Routes::weighted(100));
+    router.set_routes(&ab, Routes::PRIMARY).await.unwrap();
+    let a = get(&client, &ing_ar, &ns, "podinfo-canary")
+        .await
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(!a.keys().any(|k| k.contains("canary-by-")), "{a:?}");
+    assert_eq!(router.get_routes(&ab).await.unwrap(), Routes::PRIMARY);
     let after = get(&client, &ing_ar, &ns, "podinfo").await;
     assert_eq!(
         rv(&after),
