@@ -949,3 +949,297 @@ async fn missing_crd_fails_before_any_write() {
     }
     delete_namespace(&client, &ns).await;
 }
+
+// ---- the data plane: real requests through Traefik follow the weights ----
+
+/// The local harness' gateway and sample app, when `e2e/cluster.sh env` was sourced.
+struct DataPlane {
+    gateway: String,
+    bin_dir: String,
+    gateway_name: String,
+    gateway_namespace: String,
+}
+
+fn data_plane() -> Option<DataPlane> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let dp = DataPlane {
+        gateway: get("SERIN_E2E_GATEWAY")?,
+        bin_dir: get("SERIN_E2E_BIN_DIR")?,
+        gateway_name: get("SERIN_E2E_GATEWAY_NAME").unwrap_or_else(|| "serin-gateway".into()),
+        gateway_namespace: get("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|| "default".into()),
+    };
+    std::path::Path::new(&format!("{}/serin-sample-app", dp.bin_dir))
+        .exists()
+        .then_some(dp)
+}
+
+/// Deploys the sample app as `name` with pod label `app: <label>` answering `version`.
+async fn deploy_app(
+    client: &kube::Client,
+    dp: &DataPlane,
+    ns: &str,
+    name: &str,
+    label: &str,
+    version: &str,
+) {
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": label}},
+            "template": {
+                "metadata": {"labels": {"app": label}},
+                "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                    "name": "app",
+                    "image": format!("serin-sample-app:{version}"),
+                    "command": [format!("{}/serin-sample-app", dp.bin_dir)],
+                    "env": [
+                        {"name": "VERSION", "value": version},
+                        {"name": "PORT", "value": "8080"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1}
+                }]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+}
+
+/// Waits until the Service's Endpoints list a ready address.
+async fn wait_endpoints(client: &kube::Client, ns: &str, svc: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    for _ in 0..300 {
+        let ready = api.get_opt(svc).await.ok().flatten().is_some_and(|e| {
+            e.subsets
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()))
+        });
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("Service {ns}/{svc} has no ready endpoints after 60s");
+}
+
+/// Sends `n` requests with `Host: host`; returns the share (percent) answered by v2,
+/// or `None` when any request failed (route not programmed yet).
+async fn canary_share(gateway: &str, host: &str, n: usize) -> Option<f64> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let mut v2 = 0usize;
+    for _ in 0..n {
+        let r = http.get(gateway).header("Host", host).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        match r.headers().get("x-version").and_then(|v| v.to_str().ok()) {
+            Some("v2") => v2 += 1,
+            Some("v1") => {}
+            _ => return None,
+        }
+    }
+    Some(v2 as f64 * 100.0 / n as f64)
+}
+
+/// Polls (the gateway applies changes within seconds) until 500 requests give a canary
+/// share within ±5 points of `weight`; fails after 30s.
+async fn assert_share(gateway: &str, host: &str, weight: u32) {
+    let mut last = None;
+    for _ in 0..30 {
+        last = canary_share(gateway, host, 500).await;
+        if let Some(s) = last
+            && (s - weight as f64).abs() <= 5.0
+        {
+            eprintln!(
+                "{host}: canary weight {weight}: {s:.1}% of 500 requests answered by the canary"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{host}: canary weight {weight} but the canary answered {last:?}% of requests");
+}
+
+async fn data_plane_setup(name: &str) -> Option<(kube::Client, DataPlane, String, RoutingApis)> {
+    let client = cluster().await?;
+    let Some(dp) = data_plane() else {
+        assert!(
+            std::env::var("SERIN_E2E_REQUIRED").as_deref() != Ok("1"),
+            "SERIN_E2E_REQUIRED=1 but no gateway/sample app (SERIN_E2E_GATEWAY, SERIN_E2E_BIN_DIR)"
+        );
+        eprintln!("SKIPPED: no local gateway and sample app (source `e2e/cluster.sh env`)");
+        return None;
+    };
+    let apis = discover(&client).await;
+    let ns = namespace(&client, name).await;
+    deploy_app(
+        &client,
+        &dp,
+        &ns,
+        "podinfo-primary",
+        "podinfo-primary",
+        "v1",
+    )
+    .await;
+    deploy_app(&client, &dp, &ns, "podinfo", "podinfo", "v2").await;
+    Some((client, dp, ns, apis))
+}
+
+fn data_plane_service(dp: &DataPlane) -> CanaryService {
+    CanaryService {
+        port: 80,
+        target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)),
+        gateway_refs: Some(vec![ParentReference {
+            name: dp.gateway_name.clone(),
+            namespace: Some(dp.gateway_namespace.clone()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("gwtraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.gw.serin.test");
+    let mut svc = data_plane_service(&dp);
+    svc.hosts = Some(vec![host.clone()]);
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(svc);
+    let canary = create_canary(&client, &ns, canary).await;
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 10, 50, 90, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // Rollback: everything back to the primary.
+    router.set_routes(&canary, Routes::PRIMARY).await.unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn traefik_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("trtraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.traefik.serin.test");
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(data_plane_service(&dp));
+    let canary = create_canary(&client, &ns, canary).await;
+    let router = router_for(Provider::Traefik, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    // The user's IngressRoute sends the host to the TraefikService Serin manages.
+    let ir: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "traefik.io/v1alpha1", "kind": "IngressRoute",
+        "metadata": {"name": "podinfo"},
+        "spec": {"entryPoints": ["web"], "routes": [{
+            "match": format!("Host(`{host}`)"), "kind": "Rule",
+            "services": [{"name": "podinfo", "kind": "TraefikService"}]
+        }]}
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &ar("traefik.io", "v1alpha1", "IngressRoute", "ingressroutes"),
+    )
+    .create(&PostParams::default(), &ir)
+    .await
+    .unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 10, 50, 90, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // A mirror step answers from the primary only.
+    router
+        .set_routes(
+            &canary,
+            Routes {
+                primary: 100,
+                canary: 0,
+                mirror: true,
+                mirror_weight: Some(50),
+            },
+        )
+        .await
+        .unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    router.set_routes(&canary, Routes::PRIMARY).await.unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn route_ref_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("rreftraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.rref.serin.test");
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(CanaryService {
+        gateway_refs: None,
+        ..data_plane_service(&dp)
+    });
+    canary.spec.route_ref = Some(LocalObjectReference {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        name: "user-route".into(),
+    });
+    let canary = create_canary(&client, &ns, canary).await;
+    let route_ar = ar("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes");
+    let user: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "user-route"},
+        "spec": {
+            "parentRefs": [{"name": dp.gateway_name, "namespace": dp.gateway_namespace}],
+            "hostnames": [host],
+            "rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 80}]}]
+        }
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &route_ar)
+        .create(&PostParams::default(), &user)
+        .await
+        .unwrap();
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 50, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // Finalize: the apex selects the target (v2) pods, the route points at the apex.
+    router.finalize(&canary).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo").await;
+    assert_share(&dp.gateway, &host, 100).await;
+    delete_namespace(&client, &ns).await;
+}
