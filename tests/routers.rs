@@ -940,6 +940,30 @@ async fn missing_crd_fails_before_any_write() {
             "{provider:?}: {err}"
         );
     }
+    // A gatewayRef to a Gateway that does not exist: NotFound, before any write.
+    let apis = discover(&client).await;
+    if apis.httproute_version.is_some() {
+        let mut lost = canary.clone();
+        lost.spec.service.as_mut().unwrap().gateway_refs = Some(vec![ParentReference {
+            name: "no-such-gateway".into(),
+            ..Default::default()
+        }]);
+        let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+        let err = router.reconcile(&lost, &inputs()).await.unwrap_err();
+        assert!(
+            matches!(err, RouterError::NotFound { ref kind, ref name, .. } if kind == "Gateway" && name == "no-such-gateway"),
+            "{err}"
+        );
+        // A routeRef to a missing route: NotFound, before any write.
+        let mut missing = canary.clone();
+        missing.spec.route_ref = Some(LocalObjectReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "HTTPRoute".into(),
+            name: "nope".into(),
+        });
+        let err = router.reconcile(&missing, &inputs()).await.unwrap_err();
+        assert!(matches!(err, RouterError::NotFound { .. }), "{err}");
+    }
     let svc_ar = ApiResource::erase::<Service>(&());
     for name in ["podinfo", "podinfo-primary", "podinfo-canary"] {
         assert!(

@@ -1031,6 +1031,57 @@ impl GatewayApiRouter {
         }
     }
 
+    /// Fails with `NotFound` when a parentRef names a Gateway (or a Service, for GAMMA)
+    /// that does not exist: a route attached to nothing carries no traffic, and the
+    /// user should hear why. A parent the operator may not read (403) is not checked.
+    async fn check_parents(&self, canary: &Canary) -> Result<(), RouterError> {
+        let ns = canary.namespace_or_default();
+        let gw_version = match self.apis.httproute_version.as_deref() {
+            Some("v1beta1") => "v1beta1",
+            _ => "v1",
+        };
+        for p in parent_refs(canary, self.linkerd)? {
+            let pns = p.namespace.clone().unwrap_or_else(|| ns.clone());
+            let kind = p.kind.clone().unwrap_or_else(|| "Gateway".into());
+            let ar = match (kind.as_str(), p.group.as_deref()) {
+                ("Gateway", None | Some(GROUP)) => {
+                    api_resource(GROUP, gw_version, "Gateway", "gateways")
+                }
+                ("Service", None | Some("") | Some("core")) => {
+                    // The apex Service is the router's own: it exists once reconciled.
+                    if p.name == canary.apex_name() && pns == ns {
+                        continue;
+                    }
+                    kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&())
+                }
+                _ => continue,
+            };
+            match apply::dyn_api(&self.client, &ar, &pns)
+                .get_opt(&p.name)
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(RouterError::NotFound {
+                        kind,
+                        namespace: pns,
+                        name: p.name.clone(),
+                    });
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::warn!(parent = %p.name, namespace = %pns, "cannot read parentRef, not checked: {}", e.message);
+                }
+                Err(source) => {
+                    return Err(RouterError::Kube {
+                        context: format!("get parentRef {kind} {pns}/{}", p.name),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn refuse_user_route_features(canary: &Canary) -> Result<(), RouterError> {
         let a = canary.spec.analysis.as_ref();
         if a.and_then(|a| a.r#match.as_ref())
@@ -1182,6 +1233,17 @@ impl Router for GatewayApiRouter {
                 None => Self::route_kind(canary)?,
             };
             self.resource(kind, None)?;
+            // The route and its parents must be usable before anything is written.
+            if let Some((kind, version, name)) = Self::user_route(canary)? {
+                let ar = self.resource(kind, version)?;
+                Self::refuse_user_route_features(canary)?;
+                let live = self.live_required(canary, &ar, &name).await?;
+                let rules = live.data.pointer("/spec/rules").unwrap_or(&Value::Null);
+                edit_user_rules(canary, rules, Some(Routes::PRIMARY))?;
+            } else {
+                render_route_spec(canary, Routes::PRIMARY, self.options(kind))?;
+                self.check_parents(canary).await?;
+            }
             self.k8s.reconcile_services(canary, inputs).await?;
             self.write(canary, None, false).await
         })
