@@ -1162,17 +1162,13 @@ impl GatewayApiRouter {
             let Some(live) = self.live(canary, &ar, &name).await? else {
                 return Ok(());
             };
-            let port = service_spec(canary)?.port;
             let mut spec: RouteSpec =
                 serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
                     .map_err(|source| RouterError::Serde {
                         context: format!("read {} {name}", ar.kind),
                         source,
                     })?;
-            for rule in &mut spec.rules {
-                rule.backend_refs = vec![service_ref(&name, port, None)];
-                rule.filters.retain(|f| f.r#type != "RequestMirror");
-            }
+            finalize_rules(canary, &mut spec)?;
             let rules = serde_json::to_value(&spec.rules).map_err(|source| RouterError::Serde {
                 context: format!("render {} {name}", ar.kind),
                 source,
@@ -1196,6 +1192,19 @@ impl GatewayApiRouter {
         apply::ensure(&self.client, &ar, obj, &["/spec"]).await?;
         Ok(())
     }
+}
+
+/// Finalize of a generated route: every rule sends everything to the apex Service (no
+/// mirror), which finalize points at the target's pods, until the route is
+/// garbage-collected with the Canary.
+pub fn finalize_rules(canary: &Canary, spec: &mut RouteSpec) -> Result<(), RouterError> {
+    let port = service_spec(canary)?.port;
+    let apex = canary.apex_name();
+    for rule in &mut spec.rules {
+        rule.backend_refs = vec![service_ref(&apex, port, None)];
+        rule.filters.retain(|f| f.r#type != "RequestMirror");
+    }
+    Ok(())
 }
 
 /// The generated route object (metadata from `service.apex`).
@@ -1580,6 +1589,25 @@ mod tests {
             "serin-cookie=abc; Max-Age=-1"
         );
         assert_eq!(routes_of_spec(&c, &done).unwrap(), Routes::PRIMARY);
+    }
+
+    #[test]
+    fn finalize_sends_every_rule_to_the_apex() {
+        let r = Routes {
+            primary: 50,
+            canary: 50,
+            mirror: true,
+            mirror_weight: None,
+        };
+        let mut spec = render_route_spec(&canary(), r, opts()).unwrap();
+        finalize_rules(&canary(), &mut spec).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec.rules).unwrap(),
+            json!([{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 9898}]
+            }])
+        );
     }
 
     #[test]

@@ -426,6 +426,26 @@ pub fn render_virtual_service(
     ))
 }
 
+/// Finalize: until the VirtualService is garbage-collected with the Canary, every route
+/// sends everything to the apex host, which finalize points at the target's pods.
+pub fn finalize_virtual_service(
+    canary: &Canary,
+    spec: &mut VirtualServiceSpec,
+) -> Result<(), RouterError> {
+    let apex = destination(canary, &canary.apex_name(), 100)?;
+    spec.http
+        .retain(|h| h.name.as_deref() != Some(STICKY_ROUTE));
+    for h in &mut spec.http {
+        h.route = vec![apex.clone()];
+        h.mirror = None;
+        h.mirror_percentage = None;
+    }
+    for t in &mut spec.tcp {
+        t.route = vec![apex.clone()];
+    }
+    Ok(())
+}
+
 pub struct IstioRouter {
     k8s: KubernetesRouter,
     client: kube::Client,
@@ -567,19 +587,7 @@ impl Router for IstioRouter {
             let Some((live, mut spec)) = self.live_spec(canary).await? else {
                 return Ok(());
             };
-            // Until the VirtualService is garbage-collected with the Canary, everything
-            // goes to the apex, which now selects the target's pods.
-            let apex = destination(canary, &canary.apex_name(), 100)?;
-            spec.http
-                .retain(|h| h.name.as_deref() != Some(STICKY_ROUTE));
-            for h in &mut spec.http {
-                h.route = vec![apex.clone()];
-                h.mirror = None;
-                h.mirror_percentage = None;
-            }
-            for t in &mut spec.tcp {
-                t.route = vec![apex.clone()];
-            }
+            finalize_virtual_service(canary, &mut spec)?;
             let v = serde_json::to_value(&spec).map_err(|source| RouterError::Serde {
                 context: format!("render VirtualService {}", canary.apex_name()),
                 source,
@@ -760,6 +768,22 @@ mod tests {
         assert_eq!(
             routes_of_virtual_service(&c, &spec).unwrap(),
             Routes::weighted(10)
+        );
+    }
+
+    #[test]
+    fn finalize_routes_everything_to_the_apex() {
+        let m = Routes {
+            primary: 100,
+            canary: 0,
+            mirror: true,
+            mirror_weight: Some(5),
+        };
+        let mut spec = render_virtual_service_spec(&canary(), m).unwrap();
+        finalize_virtual_service(&canary(), &mut spec).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            json!({"hosts": ["podinfo"], "gateways": ["mesh"], "http": [{"route": [dest("podinfo", 100)]}]})
         );
     }
 

@@ -3,6 +3,20 @@
 //!
 //! Every Canary gets the `kubernetes` router's Services (apex, `-primary`, `-canary`);
 //! a mesh or gateway router then adds its own objects on top, as Flagger does.
+//!
+//! Common to all adapters:
+//! - Rendering is pure (`render_*` functions, unit-tested); I/O goes through
+//!   [`apply`]: GET, compare, merge patch guarded by resourceVersion, only when a
+//!   managed field differs. Routing objects are not watched.
+//! - `reconcile` re-renders with the split read back from the live object, so an
+//!   in-flight step is never reset; a new object starts at 100% primary.
+//! - Before any write: the provider's API must be served (`MissingCrd`), referenced
+//!   objects must exist (`NotFound`), and `set_routes` checks that `-primary` and
+//!   `-canary` Services exist, so no route ever points at a missing Service.
+//! - Generated objects carry `app.kubernetes.io/managed-by: serin`,
+//!   `serin.dev/canary: <name>` and (set at creation) a controller owner reference to
+//!   the Canary; user-owned objects (routeRef, the user's Ingress) never do.
+//! - Session affinity cookies: see [`session_cookie`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -199,8 +213,8 @@ pub struct RoutingApis {
 }
 
 impl RoutingApis {
-    /// Everything served at its newest version: for unit tests and for callers that
-    /// cannot run discovery.
+    /// Everything served, with every optional field (Istio at `v1beta1`, which every
+    /// Istio since 1.5 serves): for unit tests and for callers that cannot run discovery.
     pub fn all() -> RoutingApis {
         RoutingApis {
             httproute_version: Some("v1".into()),
