@@ -458,3 +458,106 @@ pub(crate) fn routes_from(
     r.validate()?;
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SmiVersion;
+    use crate::router::kubernetes::tests::{canary, inputs};
+
+    /// A client whose server does not exist: any API call fails with a Kube error, so a
+    /// `MissingCrd` result proves the check came before any request.
+    fn offline_client() -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("static URL"));
+        kube::Client::try_from(config).expect("client from static config")
+    }
+
+    #[tokio::test]
+    async fn every_provider_has_a_router_and_missing_crds_fail_before_any_call() {
+        let client = offline_client();
+        let none = RoutingApis::default();
+        for p in [
+            Provider::GatewayApiV1,
+            Provider::GatewayApiV1beta1,
+            Provider::Linkerd,
+            Provider::Istio,
+            Provider::Traefik,
+            Provider::Smi(SmiVersion::V1alpha1),
+            Provider::Smi(SmiVersion::V1alpha3),
+        ] {
+            let router = router_for(p, client.clone(), &none);
+            let mut c = canary();
+            if let Some(s) = c.spec.service.as_mut() {
+                s.gateway_refs = Some(vec![crate::crd::ParentReference {
+                    name: "gw".into(),
+                    ..Default::default()
+                }]);
+            }
+            let err = router.reconcile(&c, &inputs()).await.unwrap_err();
+            assert!(
+                matches!(err, RouterError::MissingCrd { .. }),
+                "{p:?}: {err}"
+            );
+            let err = router
+                .set_routes(&c, Routes::weighted(10))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, RouterError::MissingCrd { .. }),
+                "{p:?}: {err}"
+            );
+        }
+        // Bad weights are refused before any call, whatever the provider.
+        for p in [Provider::Kubernetes, Provider::Nginx, Provider::Istio] {
+            let router = router_for(p, client.clone(), &RoutingApis::all());
+            let bad = Routes {
+                primary: 70,
+                canary: 40,
+                mirror: false,
+                mirror_weight: None,
+            };
+            let err = router.set_routes(&canary(), bad).await.unwrap_err();
+            assert!(
+                matches!(err, RouterError::InvalidWeights { .. }),
+                "{p:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_cookie_prefers_status_and_is_stable_otherwise() {
+        let a = SessionAffinity {
+            cookie_name: "c".into(),
+            ..Default::default()
+        };
+        let mut c = canary();
+        let derived = session_cookie(&c, &a);
+        assert!(derived.starts_with("c=") && derived.len() > 10, "{derived}");
+        assert_eq!(session_cookie(&c, &a), derived, "stable across renders");
+        let mut st = c.status_or_default();
+        st.last_applied_spec = Some("rev2".into());
+        c.status = Some(st.clone());
+        assert_ne!(
+            session_cookie(&c, &a),
+            derived,
+            "a new revision gets a new cookie"
+        );
+        st.session_affinity_cookie = Some("c=fromstatus".into());
+        c.status = Some(st);
+        assert_eq!(session_cookie(&c, &a), "c=fromstatus");
+        let full = SessionAffinity {
+            cookie_name: "c".into(),
+            domain: Some("example.com".into()),
+            http_only: Some(true),
+            path: Some("/".into()),
+            same_site: Some("Strict".into()),
+            secure: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_set_cookie("c=v", &full, 60),
+            "c=v; Max-Age=60; Domain=example.com; HttpOnly; Path=/; SameSite=Strict; Secure"
+        );
+    }
+}
