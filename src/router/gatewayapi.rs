@@ -45,8 +45,8 @@ use super::apply;
 use super::kubernetes::KubernetesRouter;
 use super::{
     BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
-    build_set_cookie, cookie_regex, generated_object, require, routes_from, service_spec,
-    session_cookie,
+    build_set_cookie, cookie_regex, generated_object, primary_session_cookie, require, routes_from,
+    service_spec, session_cookie,
 };
 use crate::crd::{
     AbMatch, Canary, DEFAULT_SESSION_COOKIE_MAX_AGE, HttpMatchRequest, ParentReference, StringMatch,
@@ -458,6 +458,31 @@ fn parent_refs(canary: &Canary, linkerd: bool) -> Result<Vec<ParentReference>, R
     }
 }
 
+fn set_cookie_filter(value: String) -> Filter {
+    Filter {
+        r#type: "ResponseHeaderModifier".into(),
+        response_header_modifier: Some(HeaderFilter {
+            add: vec![Header {
+                name: "Set-Cookie".into(),
+                value,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn cookie_match(cookie: &str) -> RouteMatch {
+    RouteMatch {
+        headers: vec![NamedMatch {
+            r#type: "RegularExpression".into(),
+            name: "Cookie".into(),
+            value: cookie_regex(cookie),
+        }],
+        ..Default::default()
+    }
+}
+
 fn is_sticky(rule: &Rule, cookie_name: &str) -> bool {
     rule.matches.iter().any(|m| {
         m.headers.iter().any(|h| {
@@ -546,38 +571,39 @@ pub fn render_route_spec(
         let max_age = sa.max_age.unwrap_or(DEFAULT_SESSION_COOKIE_MAX_AGE);
         let status = canary.status_or_default();
         if routes.canary > 0 {
+            // Responses from the canary set its cookie; requests carrying it stick to
+            // the canary. With primaryCookieName, the same for the primary.
             let cookie = session_cookie(canary, sa);
             if let Some(b) = weighted_rule
                 .backend_refs
                 .iter_mut()
                 .find(|b| b.name == canary_svc)
             {
-                b.filters.push(Filter {
-                    r#type: "ResponseHeaderModifier".into(),
-                    response_header_modifier: Some(HeaderFilter {
-                        add: vec![Header {
-                            name: "Set-Cookie".into(),
-                            value: build_set_cookie(&cookie, sa, max_age),
-                        }],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
+                b.filters
+                    .push(set_cookie_filter(build_set_cookie(&cookie, sa, max_age)));
             }
-            let cookie_match = RouteMatch {
-                headers: vec![NamedMatch {
-                    r#type: "RegularExpression".into(),
-                    name: "Cookie".into(),
-                    value: cookie_regex(&cookie),
-                }],
-                ..Default::default()
-            };
             rules.push(Rule {
-                matches: merge(&cookie_match, &matches),
+                matches: merge(&cookie_match(&cookie), &matches),
                 filters: filters.clone(),
                 backend_refs: weighted(0, 100),
                 timeouts: timeouts.clone(),
             });
+            if let Some(pcookie) = primary_session_cookie(canary, sa) {
+                if let Some(b) = weighted_rule
+                    .backend_refs
+                    .iter_mut()
+                    .find(|b| b.name == primary)
+                {
+                    b.filters
+                        .push(set_cookie_filter(build_set_cookie(&pcookie, sa, max_age)));
+                }
+                rules.push(Rule {
+                    matches: merge(&cookie_match(&pcookie), &matches),
+                    filters: filters.clone(),
+                    backend_refs: weighted(100, 0),
+                    timeouts: timeouts.clone(),
+                });
+            }
         } else if let Some(prev) = status
             .previous_session_affinity_cookie
             .or(status.session_affinity_cookie)
@@ -628,12 +654,17 @@ pub fn render_route_spec(
 pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, RouterError> {
     let primary = canary.primary_service_name();
     let canary_svc = canary.canary_service_name();
-    let cookie_name = canary
+    let cookie_names: Vec<String> = canary
         .spec
         .analysis
         .as_ref()
         .and_then(|a| a.session_affinity.as_ref())
-        .map(|s| s.cookie_name.clone());
+        .map(|s| {
+            let mut names = vec![s.cookie_name.clone()];
+            names.extend(s.primary_cookie_name.clone().filter(|n| !n.is_empty()));
+            names
+        })
+        .unwrap_or_default();
     let weight_of = |r: &Rule, n: &str| -> Option<u32> {
         r.backend_refs
             .iter()
@@ -643,7 +674,7 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
     let rule = spec
         .rules
         .iter()
-        .filter(|r| !cookie_name.as_deref().is_some_and(|c| is_sticky(r, c)))
+        .filter(|r| !cookie_names.iter().any(|c| is_sticky(r, c)))
         .find(|r| weight_of(r, &primary).is_some() && weight_of(r, &canary_svc).is_some())
         .ok_or_else(|| {
             RouterError::InvalidRoute(format!("no rule routes to both {primary} and {canary_svc}"))
@@ -1545,6 +1576,44 @@ mod tests {
         // Back to no mirror: the filter goes.
         let plain = render_route_spec(&canary(), Routes::PRIMARY, opts()).unwrap();
         assert!(plain.rules[0].filters.is_empty());
+    }
+
+    #[test]
+    fn primary_cookie_keeps_primary_sessions_on_the_primary() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "canary-c".into(),
+                primary_cookie_name: Some("primary-c".into()),
+                max_age: Some(60),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut st = c.status_or_default();
+        st.session_affinity_cookie = Some("canary-c=1".into());
+        st.primary_session_affinity_cookie = Some("primary-c=2".into());
+        c.status = Some(st);
+        let spec = render_route_spec(&c, Routes::weighted(30), opts()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(spec.rules.len(), 3);
+        assert_eq!(
+            v["rules"][1]["matches"][0]["headers"][0]["value"],
+            ".*primary-c.*2.*"
+        );
+        assert_eq!(
+            v["rules"][1]["backendRefs"],
+            json!([
+                backend("podinfo-primary", 100),
+                backend("podinfo-canary", 0)
+            ])
+        );
+        assert_eq!(
+            v["rules"][2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            "primary-c=2; Max-Age=60"
+        );
+        // Neither sticky rule is read as the split.
+        assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(30));
     }
 
     #[test]

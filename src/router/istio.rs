@@ -28,8 +28,8 @@ use super::apply;
 use super::kubernetes::KubernetesRouter;
 use super::{
     BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
-    build_set_cookie, cookie_regex, generated_object, require, routes_from, service_spec,
-    session_cookie,
+    build_set_cookie, cookie_regex, generated_object, primary_session_cookie, require, routes_from,
+    service_spec, session_cookie,
 };
 use crate::crd::{
     Canary, CorsPolicy, DEFAULT_SESSION_COOKIE_MAX_AGE, HeaderOperation, HeaderOperations,
@@ -38,6 +38,13 @@ use crate::crd::{
 
 pub const GROUP: &str = "networking.istio.io";
 pub const STICKY_ROUTE: &str = "sticky-route";
+pub const STICKY_PRIMARY_ROUTE: &str = "sticky-route-primary";
+
+fn is_sticky(h: &HttpRoute) -> bool {
+    h.name
+        .as_deref()
+        .is_some_and(|n| n == STICKY_ROUTE || n == STICKY_PRIMARY_ROUTE)
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -326,6 +333,26 @@ pub fn render_virtual_service_spec(
                 mirror_percentage: None,
                 ..weighted_route.clone()
             });
+            // With primaryCookieName, sessions first answered by the primary stay there.
+            if let Some(pcookie) = primary_session_cookie(canary, sa) {
+                for d in &mut weighted_route.route {
+                    if d.destination.host == primary {
+                        d.headers =
+                            Some(set_cookie_headers(build_set_cookie(&pcookie, sa, max_age)));
+                    }
+                }
+                http.push(HttpRoute {
+                    name: Some(STICKY_PRIMARY_ROUTE.into()),
+                    r#match: merge_matches(&[cookie_match(&pcookie)], &service_match),
+                    route: vec![
+                        destination(canary, &primary, 100)?,
+                        destination(canary, &canary_svc, 0)?,
+                    ],
+                    mirror: None,
+                    mirror_percentage: None,
+                    ..weighted_route.clone()
+                });
+            }
         } else if let Some(prev) = status
             .previous_session_affinity_cookie
             .or(status.session_affinity_cookie)
@@ -371,11 +398,7 @@ pub fn routes_of_virtual_service(
             }
         }
     }
-    for h in spec
-        .http
-        .iter()
-        .filter(|h| h.name.as_deref() != Some(STICKY_ROUTE))
-    {
+    for h in spec.http.iter().filter(|h| !is_sticky(h)) {
         if let (Some(p), Some(c)) = (w(&h.route, &primary), w(&h.route, &canary_svc)) {
             let mirror = h.mirror.as_ref().is_some_and(|m| m.host == canary_svc);
             let mw = h.mirror_percentage.as_ref().map(|p| p.value.round() as u32);
@@ -433,8 +456,7 @@ pub fn finalize_virtual_service(
     spec: &mut VirtualServiceSpec,
 ) -> Result<(), RouterError> {
     let apex = destination(canary, &canary.apex_name(), 100)?;
-    spec.http
-        .retain(|h| h.name.as_deref() != Some(STICKY_ROUTE));
+    spec.http.retain(|h| !is_sticky(h));
     for h in &mut spec.http {
         h.route = vec![apex.clone()];
         h.mirror = None;
@@ -735,6 +757,46 @@ mod tests {
         assert_eq!(v["http"][0]["mirror"], json!({"host": "podinfo-canary"}));
         assert_eq!(v["http"][0]["mirrorPercentage"], json!({"value": 50.0}));
         assert_eq!(routes_of_virtual_service(&canary(), &spec).unwrap(), m);
+    }
+
+    #[test]
+    fn primary_cookie_sticky_route() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "canary-c".into(),
+                primary_cookie_name: Some("primary-c".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = render_virtual_service_spec(&c, Routes::weighted(20)).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let pcookie = crate::router::primary_session_cookie(
+            &c,
+            c.spec
+                .analysis
+                .as_ref()
+                .unwrap()
+                .session_affinity
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(pcookie.starts_with("primary-c="), "{pcookie}");
+        assert_eq!(v["http"][1]["name"], STICKY_PRIMARY_ROUTE);
+        assert_eq!(
+            v["http"][1]["route"],
+            json!([dest("podinfo-primary", 100), dest("podinfo-canary", 0)])
+        );
+        assert_eq!(
+            v["http"][2]["route"][0]["headers"]["response"]["add"]["Set-Cookie"],
+            format!("{pcookie}; Max-Age=86400")
+        );
+        assert_eq!(
+            routes_of_virtual_service(&c, &spec).unwrap(),
+            Routes::weighted(20)
+        );
     }
 
     #[test]

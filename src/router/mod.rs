@@ -394,6 +394,29 @@ pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
     if let Some(c) = status.session_affinity_cookie.filter(|c| !c.is_empty()) {
         return c;
     }
+    derived_cookie(canary, &affinity.cookie_name)
+}
+
+/// The primary's cookie (`primaryCookieName=value`) for the current run, when
+/// `sessionAffinity.primaryCookieName` is set: sessions first answered by the primary
+/// stay on the primary while the canary's weight grows. From
+/// `status.primarySessionAffinityCookie`, else derived like [`session_cookie`].
+pub fn primary_session_cookie(canary: &Canary, affinity: &SessionAffinity) -> Option<String> {
+    let name = affinity
+        .primary_cookie_name
+        .as_deref()
+        .filter(|n| !n.is_empty())?;
+    let status = canary.status_or_default();
+    Some(
+        status
+            .primary_session_affinity_cookie
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| derived_cookie(canary, name)),
+    )
+}
+
+fn derived_cookie(canary: &Canary, cookie_name: &str) -> String {
+    let status = canary.status_or_default();
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(canary.namespace_or_default().as_bytes());
@@ -403,11 +426,9 @@ pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
     h.update(canary.metadata.uid.as_deref().unwrap_or("").as_bytes());
     h.update(b"/");
     h.update(status.last_applied_spec.as_deref().unwrap_or("").as_bytes());
-    format!(
-        "{}={}",
-        affinity.cookie_name,
-        hex::encode(&h.finalize()[..10])
-    )
+    h.update(b"/");
+    h.update(cookie_name.as_bytes());
+    format!("{cookie_name}={}", hex::encode(&h.finalize()[..10]))
 }
 
 /// `Set-Cookie` value for `cookie` (`name=value`) with the attributes the user set,
