@@ -1267,3 +1267,60 @@ async fn route_ref_traffic_follows_weights() {
     assert_share(&dp.gateway, &host, 100).await;
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn grpc_route_steps() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let apis = discover(&client).await;
+    if apis.grpcroute_version.is_none() {
+        assert!(
+            std::env::var("SERIN_E2E_REQUIRED").as_deref() != Ok("1"),
+            "GRPCRoute CRD is not installed"
+        );
+        eprintln!("SKIPPED: GRPCRoute CRD is not installed");
+        return;
+    }
+    let ns = namespace(&client, "grpc").await;
+    let gw_ns = std::env::var("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let mut svc = gateway_service(&gw_ns);
+    svc.app_protocol = Some("grpc".into());
+    svc.headers = Some(serin::crd::HeaderOperations {
+        request: Some(serin::crd::HeaderOperation {
+            set: Some([("x-env".to_string(), "canary-test".to_string())].into()),
+            ..Default::default()
+        }),
+        response: None,
+    });
+    let canary = create_canary(&client, &ns, canary_spec(svc)).await;
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    let version = apis
+        .grpcroute_version
+        .clone()
+        .unwrap_or_else(|| "v1".into());
+    let route_ar = ar(
+        "gateway.networking.k8s.io",
+        &version,
+        "GRPCRoute",
+        "grpcroutes",
+    );
+    assert_generated(&get(&client, &route_ar, &ns, "podinfo").await, &canary);
+    run_steps(&client, router.as_ref(), &canary, (&route_ar, "podinfo"), |w, obj| {
+        let rule = &obj.data["spec"]["rules"][0];
+        assert_eq!(
+            rule["backendRefs"],
+            json!([
+                {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 9898, "weight": 100 - w},
+                {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 9898, "weight": w}
+            ])
+        );
+        assert_eq!(
+            rule["filters"],
+            json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-env", "value": "canary-test"}]}}])
+        );
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
