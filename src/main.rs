@@ -1,3 +1,89 @@
-fn main() {
-    print!("{}", serin::crd::crds_yaml().unwrap());
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serin::cli::{Cli, CliError, Command};
+
+fn main() -> ExitCode {
+    // reqwest is built without a crypto provider so that kube's ring is the only one;
+    // it must be installed before the first TLS client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("serin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Crds => {
+            print!("{}", serin::crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Validate { files, provider } => {
+            for file in files {
+                let path = file.display().to_string();
+                let text = if path == "-" {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|source| CliError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    s
+                } else {
+                    std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                };
+                for name in serin::cli::validate_manifests(&path, &text, &provider)? {
+                    println!("{path}: Canary {name}: ok");
+                }
+            }
+            Ok(())
+        }
+        Command::Run(args) => runtime()?
+            .block_on(serin::controller::run(args))
+            .map_err(|e| CliError::Run(e.to_string())),
+        Command::Tester { listen } => {
+            serin::controller::init_tracing(serin::cli::LogFormat::Text);
+            runtime()?
+                .block_on(serin::tester::serve(listen, shutdown_signal()))
+                .map_err(|e| CliError::Run(e.to_string()))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Run(format!("cannot start the async runtime: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

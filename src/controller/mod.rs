@@ -1,4 +1,414 @@
 //! The controller: a pure state machine (`machine`) between the code that observes the
-//! cluster and the code that acts on it.
+//! cluster and the code that acts on it (`reconcile`, `workload`).
 
+pub mod machine;
+pub mod reconcile;
+pub mod status;
 pub mod workload;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tracing::{error, info, warn};
+
+use crate::analysis::AnalysisCtx;
+use crate::cli::{LogFormat, RunArgs};
+use crate::crd::{AlertProvider, Canary, MetricTemplate};
+use crate::notify::{GlobalAlerts, Notifier, Severity};
+use crate::server::{Metrics, ServerState};
+use reconcile::{Context, Stores};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API (is KUBECONFIG or in-cluster config set?): {0}")]
+    Client(#[source] kube::Error),
+    #[error("{0}")]
+    Startup(String),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+    #[error("leader election: {0}")]
+    Lease(String),
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the operator until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    init_tracing(args.log_format);
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    preflight(&client).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = ServerState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(crate::server::serve(args.listen, state, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+    {
+        let tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("shutting down");
+            let _ = tx.send(true);
+        });
+    }
+
+    let lease = if args.leader_elect {
+        Some(acquire_leadership(&client, &args, stop_rx.clone()).await?)
+    } else {
+        None
+    };
+    if *stop_rx.borrow() {
+        return Ok(());
+    }
+
+    let result = run_controller(client, &args, metrics, ready, stop_rx.clone(), lease).await;
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = server.await {
+        warn!(error = %e, "metrics server stopped with an error");
+    }
+    result
+}
+
+/// Checks at start what the operator depends on, so a missing CRD is one clear line
+/// rather than a stream of watch errors.
+async fn preflight(client: &Client) -> Result<(), RunError> {
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for name in [
+        "canaries.serin.dev",
+        "metrictemplates.serin.dev",
+        "alertproviders.serin.dev",
+    ] {
+        match crds.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(RunError::Startup(format!(
+                    "CRD {name} is not installed: kubectl apply -f crds/serin.yaml"
+                )));
+            }
+            // Without rights to read CRDs, the first watch will tell.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                warn!("cannot read CRDs (403); skipping the CRD check");
+                return Ok(());
+            }
+            Err(e) => return Err(RunError::Client(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn acquire_leadership(
+    client: &Client,
+    args: &RunArgs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::sync::watch::Receiver<bool>, RunError> {
+    let ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .unwrap_or_else(|| "default".into());
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("serin-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "serin-leader")
+        .with_namespace(ns.trim())
+        .with_identity(identity.clone())
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(|e| RunError::Lease(e.to_string()))?;
+    let (mut rx, _task) = manager.watch().await;
+    info!(identity, "waiting for leadership");
+    loop {
+        if *rx.borrow_and_update() {
+            info!(identity, "leader");
+            return Ok(rx);
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Err(RunError::Lease("lease manager stopped".into()));
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return Ok(rx),
+        }
+    }
+}
+
+fn store_of<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .touched_objects();
+    (reader, stream)
+}
+
+fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_controller(
+    client: Client,
+    args: &RunArgs,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    lease: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<(), RunError> {
+    let ns = args.namespace.as_deref();
+    let cfg = watcher::Config::default();
+    let routing = crate::router::discover(&client).await;
+    let hpa = workload::discover_hpa_version(&client)
+        .await
+        .map_err(|e| RunError::Startup(format!("autoscaling API discovery: {e}")))?;
+    info!(?routing, ?hpa, "discovered APIs");
+
+    let controller = Controller::new(api_for::<Canary>(&client, ns), cfg.clone());
+    let canaries = controller.store();
+    let (deployments, dep_stream) = store_of(api_for::<Deployment>(&client, ns), cfg.clone());
+    let (daemonsets, ds_stream) = store_of(api_for::<DaemonSet>(&client, ns), cfg.clone());
+    let (configmaps, cm_stream) = store_of(api_for::<ConfigMap>(&client, ns), cfg.clone());
+    let (secrets, secret_stream) = store_of(api_for::<Secret>(&client, ns), cfg.clone());
+    let (templates, tpl_stream) = store_of(api_for::<MetricTemplate>(&client, ns), cfg.clone());
+    let (providers, provider_stream) = store_of(api_for::<AlertProvider>(&client, ns), cfg.clone());
+    // Alert providers trigger nothing; the stream only keeps the cache current.
+    tokio::spawn(provider_stream.for_each(|_| async {}));
+
+    let secret_source = Arc::new(StoreSecrets(secrets.clone()));
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| RunError::Startup(format!("HTTP client: {e}")))?;
+    let mut analysis = AnalysisCtx::new(
+        http.clone(),
+        args.metrics_server.clone(),
+        secret_source.clone(),
+        Arc::new(StoreTemplates(templates.clone())),
+    );
+    analysis.event_webhook = args.event_webhook.clone();
+    let global = match &args.alert_url {
+        Some(url) if !url.trim().is_empty() => Some(GlobalAlerts {
+            provider_type: args.alert_provider.clone(),
+            url: url.clone(),
+            severity: Severity::parse(Some(&args.alert_severity))
+                .map_err(|e| RunError::Startup(format!("--alert-severity: {e}")))?,
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    let notifier = Notifier {
+        http,
+        secrets: secret_source,
+        providers: Arc::new(StoreProviders(providers.clone())),
+        global,
+    };
+    let reporter = Reporter {
+        controller: "serin".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: Stores {
+            canaries: canaries.clone(),
+            deployments: deployments.clone(),
+            daemonsets: daemonsets.clone(),
+            configmaps: configmaps.clone(),
+            secrets: secrets.clone(),
+            templates: templates.clone(),
+        },
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        analysis,
+        notifier,
+        workloads: workload::Workloads::new(client.clone(), hpa),
+        routing,
+        default_provider: args.provider.clone(),
+        synced: ready.clone(),
+    });
+
+    let (c1, c2, c3, c4, c5) = (
+        canaries.clone(),
+        canaries.clone(),
+        canaries.clone(),
+        canaries.clone(),
+        canaries.clone(),
+    );
+    let controller = controller
+        .owns(api_for::<Service>(&client, ns), cfg.clone())
+        .watches_stream(dep_stream, move |d: Deployment| {
+            reconcile::canaries_for_workload(
+                &c1,
+                d.metadata.namespace.clone(),
+                d.metadata.name.as_deref().unwrap_or(""),
+            )
+        })
+        .watches_stream(ds_stream, move |d: DaemonSet| {
+            reconcile::canaries_for_workload(
+                &c2,
+                d.metadata.namespace.clone(),
+                d.metadata.name.as_deref().unwrap_or(""),
+            )
+        })
+        .watches_stream(cm_stream, move |c: ConfigMap| {
+            reconcile::canaries_in_namespace(&c3, c.metadata.namespace.clone())
+        })
+        .watches_stream(secret_stream, move |s: Secret| {
+            reconcile::canaries_in_namespace(&c4, s.metadata.namespace.clone())
+        })
+        .watches_stream(tpl_stream, move |t: MetricTemplate| {
+            reconcile::canaries_in_namespace(&c5, t.metadata.namespace.clone())
+        });
+
+    // Ready once every cache has its first full list.
+    {
+        let ready = ready.clone();
+        let stores = ctx.stores.clone();
+        tokio::spawn(async move {
+            let synced = async {
+                let _ = stores.canaries.wait_until_ready().await;
+                let _ = stores.deployments.wait_until_ready().await;
+                let _ = stores.daemonsets.wait_until_ready().await;
+                let _ = stores.configmaps.wait_until_ready().await;
+                let _ = stores.secrets.wait_until_ready().await;
+                let _ = stores.templates.wait_until_ready().await;
+            };
+            synced.await;
+            ready.store(true, Ordering::Relaxed);
+            info!("caches synced");
+        });
+    }
+
+    let shutdown = {
+        let mut stop = stop.clone();
+        let mut lease = lease.clone();
+        async move {
+            match lease.as_mut() {
+                Some(l) => {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {},
+                        _ = l.wait_for(|leader| !*leader) => error!("lost leadership; stopping"),
+                    }
+                }
+                None => {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+            }
+        }
+    };
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+struct StoreSecrets(Store<Secret>);
+
+impl crate::analysis::SecretSource for StoreSecrets {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> crate::router::BoxFuture<
+        'a,
+        Result<Option<crate::analysis::SecretData>, crate::analysis::AnalysisError>,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .get(&reflector::ObjectRef::new(name).within(namespace))
+                .map(|s| {
+                    s.data
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect()
+                }))
+        })
+    }
+}
+
+struct StoreProviders(Store<AlertProvider>);
+
+impl crate::notify::ProviderSource for StoreProviders {
+    fn get(&self, namespace: &str, name: &str) -> Option<AlertProvider> {
+        self.0
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .map(|p| (*p).clone())
+    }
+}
+
+struct StoreTemplates(Store<MetricTemplate>);
+
+impl crate::analysis::TemplateSource for StoreTemplates {
+    fn get(&self, namespace: &str, name: &str) -> Option<MetricTemplate> {
+        self.0
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .map(|t| (*t).clone())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -13,7 +13,7 @@ use super::canary::SecretRef;
     kind = "AlertProvider",
     namespaced,
     derive = "PartialEq",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type")
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AlertProviderSpec {

@@ -28,17 +28,16 @@ pub const DEFAULT_SESSION_COOKIE_MAX_AGE: i64 = 86400;
     shortname = "canary",
     category = "all",
     derive = "PartialEq",
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.canaryWeight"),
-    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", priority = "1"),
-    printcolumn(name = "FailedChecks", type_ = "integer", json_path = ".status.failedChecks"),
-    printcolumn(name = "Interval", type_ = "string", json_path = ".spec.analysis.interval", priority = "1"),
-    printcolumn(name = "Mirror", type_ = "boolean", json_path = ".spec.analysis.mirror", priority = "1"),
-    printcolumn(name = "StepWeight", type_ = "string", json_path = ".spec.analysis.stepWeight", priority = "1"),
-    printcolumn(name = "StepWeights", type_ = "string", json_path = ".spec.analysis.stepWeights", priority = "1"),
-    printcolumn(name = "MaxWeight", type_ = "string", json_path = ".spec.analysis.maxWeight", priority = "1"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
-    printcolumn(name = "LastTransitionTime", type_ = "string", json_path = ".status.lastTransitionTime")
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend","priority":1}"#,
+    printcolumn = r#"{"name":"FailedChecks","type":"integer","jsonPath":".status.failedChecks"}"#,
+    printcolumn = r#"{"name":"Interval","type":"string","jsonPath":".spec.analysis.interval","priority":1}"#,
+    printcolumn = r#"{"name":"Mirror","type":"boolean","jsonPath":".spec.analysis.mirror","priority":1}"#,
+    printcolumn = r#"{"name":"StepWeight","type":"string","jsonPath":".spec.analysis.stepWeight","priority":1}"#,
+    printcolumn = r#"{"name":"StepWeights","type":"string","jsonPath":".spec.analysis.stepWeights","priority":1}"#,
+    printcolumn = r#"{"name":"MaxWeight","type":"string","jsonPath":".spec.analysis.maxWeight","priority":1}"#,
+    printcolumn = r#"{"name":"LastTransitionTime","type":"string","jsonPath":".status.lastTransitionTime"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -482,7 +481,20 @@ pub struct CanaryAlert {
     pub provider_ref: TemplateRef,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum WebhookType {
     /// Flagger treats an empty type as `rollout`.
@@ -535,7 +547,11 @@ pub struct CanaryWebhook {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mute_alert: Option<bool>,
-    #[serde(default, rename = "disableTLS", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "disableTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disable_tls: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
@@ -631,6 +647,7 @@ impl std::fmt::Display for Phase {
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::phase")]
     pub phase: Option<Phase>,
     #[serde(default)]
     pub failed_checks: u32,
@@ -671,6 +688,12 @@ pub struct CanaryStatus {
     /// Serin extension: the value of the `serin.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retry: Option<String>,
+    /// Serin extension: why the release is holding (waiting for readiness, for data, for
+    /// a gate), and since when (RFC 3339); a hold longer than the progress deadline fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_since: Option<String>,
     /// Serin extension: the router's report on whether the data plane accepted the routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_message: Option<String>,

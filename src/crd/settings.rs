@@ -15,7 +15,9 @@ pub enum SpecError {
     MissingService,
     #[error("spec.targetRef.kind {0:?} is not supported: use Deployment or DaemonSet")]
     UnsupportedTargetKind(String),
-    #[error("spec.provider {0:?} is not supported: use one of kubernetes, gatewayapi:v1, gatewayapi:v1beta1, linkerd, istio, traefik, smi:v1alpha1, smi:v1alpha2, smi:v1alpha3, nginx")]
+    #[error(
+        "spec.provider {0:?} is not supported: use one of kubernetes, gatewayapi:v1, gatewayapi:v1beta1, linkerd, istio, traefik, smi:v1alpha1, smi:v1alpha2, smi:v1alpha3, nginx"
+    )]
     UnknownProvider(String),
     #[error("spec.analysis.interval: {0}")]
     BadInterval(String),
@@ -23,13 +25,9 @@ pub enum SpecError {
     WeightAbove100 { field: &'static str, value: u32 },
     #[error("spec.analysis.stepWeights must increase strictly and be above 0: {0:?}")]
     StepWeightsNotIncreasing(Vec<u32>),
-    #[error(
-        "spec.analysis needs iterations (A/B, blue/green) or stepWeight/stepWeights (canary)"
-    )]
+    #[error("spec.analysis needs iterations (A/B, blue/green) or stepWeight/stepWeights (canary)")]
     NoStrategy,
-    #[error(
-        "provider {0} cannot split traffic by weight: use analysis.iterations (blue/green)"
-    )]
+    #[error("provider {0} cannot split traffic by weight: use analysis.iterations (blue/green)")]
     WeightsUnsupported(String),
     #[error("provider {0} cannot route by request match (A/B): use a mesh or gateway provider")]
     MatchUnsupported(String),
@@ -282,7 +280,10 @@ fn canary_weights(analysis: &CanaryAnalysis) -> Result<Vec<u32>, SpecError> {
     if let Some(ws) = analysis.step_weights.as_ref().filter(|w| !w.is_empty()) {
         return Ok(ws.clone());
     }
-    let step = analysis.step_weight.filter(|s| *s > 0).ok_or(SpecError::NoStrategy)?;
+    let step = analysis
+        .step_weight
+        .filter(|s| *s > 0)
+        .ok_or(SpecError::NoStrategy)?;
     let max = analysis.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT).max(1);
     let mut weights = Vec::new();
     let mut w = 0;
@@ -329,7 +330,10 @@ mod tests {
             (weights(Some(10), Some(50), None), vec![10, 20, 30, 40, 50]),
             (weights(Some(20), None, None), vec![20, 40, 60, 80, 100]),
             (weights(Some(30), Some(50), None), vec![30, 50]),
-            (weights(None, None, Some(vec![1, 5, 25, 80])), vec![1, 5, 25, 80]),
+            (
+                weights(None, None, Some(vec![1, 5, 25, 80])),
+                vec![1, 5, 25, 80],
+            ),
         ];
         for (analysis, want) in cases {
             let s = Settings::from_spec(&spec(analysis.clone()), "istio").unwrap();
@@ -392,11 +396,27 @@ mod tests {
             (bad_kind, "istio", "StatefulSet"),
             (bad_provider, "istio", "\"envoy\" is not supported"),
             (no_service, "istio", "spec.service is required"),
-            (spec(weights(Some(110), None, None)), "istio", "stepWeight: 110 is above 100"),
-            (spec(weights(None, None, Some(vec![10, 5]))), "istio", "must increase"),
-            (spec(weights(None, None, Some(vec![10, 150]))), "istio", "150 is above 100"),
+            (
+                spec(weights(Some(110), None, None)),
+                "istio",
+                "stepWeight: 110 is above 100",
+            ),
+            (
+                spec(weights(None, None, Some(vec![10, 5]))),
+                "istio",
+                "must increase",
+            ),
+            (
+                spec(weights(None, None, Some(vec![10, 150]))),
+                "istio",
+                "150 is above 100",
+            ),
             (spec(weights(None, None, None)), "istio", "needs iterations"),
-            (spec(weights(Some(10), None, None)), "kubernetes", "cannot split traffic"),
+            (
+                spec(weights(Some(10), None, None)),
+                "kubernetes",
+                "cannot split traffic",
+            ),
         ];
         for (s, provider, needle) in cases {
             let err = Settings::from_spec(&s, provider).unwrap_err().to_string();

@@ -15,7 +15,7 @@ use super::canary::SecretRef;
     kind = "MetricTemplate",
     namespaced,
     derive = "PartialEq",
-    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider.type")
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.type"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MetricTemplateSpec {

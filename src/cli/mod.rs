@@ -1,0 +1,182 @@
+//! The `serin` command: the operator, CRD generation, spec validation and the load
+//! tester. Errors end in a non-zero exit and one readable line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::crd::{Canary, Settings};
+
+#[derive(Parser, Debug)]
+#[command(name = "serin", version, about = "Progressive delivery for Kubernetes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+    /// Check Canary manifests (YAML, one or more documents) without a cluster.
+    Validate {
+        /// Files to check; `-` reads standard input.
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "kubernetes")]
+        provider: String,
+    },
+    /// Run the load tester and gate service next to your apps.
+    Tester {
+        #[arg(long, env = "SERIN_TESTER_ADDR", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Default routing provider for Canaries that name none.
+    #[arg(long, env = "SERIN_PROVIDER", default_value = "kubernetes")]
+    pub provider: String,
+    /// Default Prometheus-compatible address for built-in metrics.
+    #[arg(long, env = "SERIN_METRICS_SERVER")]
+    pub metrics_server: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SERIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub listen: SocketAddr,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "SERIN_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[arg(long, env = "SERIN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Leader election with a Lease (on by default; off for a single local run).
+    #[arg(long, env = "SERIN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's, else `default`).
+    #[arg(long, env = "SERIN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Webhook called on every event of every Canary (Flagger's `-event-webhook`).
+    #[arg(long, env = "SERIN_EVENT_WEBHOOK")]
+    pub event_webhook: Option<String>,
+    /// Default alert: Slack/MS Teams/Discord/Rocket/Google Chat or generic webhook URL.
+    #[arg(long, env = "SERIN_ALERT_URL")]
+    pub alert_url: Option<String>,
+    #[arg(long, env = "SERIN_ALERT_PROVIDER", default_value = "slack")]
+    pub alert_provider: String,
+    #[arg(long, env = "SERIN_ALERT_SEVERITY", default_value = "info")]
+    pub alert_severity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: document {index}: not a Canary: {source}")]
+    Parse {
+        path: String,
+        index: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: Canary {name}: {source}")]
+    Invalid {
+        path: String,
+        name: String,
+        #[source]
+        source: crate::crd::SpecError,
+    },
+    #[error("cannot render CRDs: {0}")]
+    Crds(#[from] serde_yaml::Error),
+    #[error("{0}")]
+    Run(String),
+}
+
+/// Parses every Canary document of `text` and validates it; returns the names checked.
+pub fn validate_manifests(path: &str, text: &str, provider: &str) -> Result<Vec<String>, CliError> {
+    let mut names = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: serde_yaml::Value =
+            serde::Deserialize::deserialize(doc).map_err(|source| CliError::Parse {
+                path: path.to_string(),
+                index,
+                source,
+            })?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind != "Canary" {
+            continue;
+        }
+        let canary: Canary = serde_yaml::from_value(value).map_err(|source| CliError::Parse {
+            path: path.to_string(),
+            index,
+            source,
+        })?;
+        let name = canary.metadata.name.clone().unwrap_or_default();
+        Settings::from_spec(&canary.spec, provider).map_err(|source| CliError::Invalid {
+            path: path.to_string(),
+            name: name.clone(),
+            source,
+        })?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: serin.dev/v1beta1
+kind: Canary
+metadata: {name: podinfo}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  service: {port: 9898}
+  analysis: {interval: 1m, threshold: 5, iterations: 10}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other}
+"#;
+
+    #[test]
+    fn validates_canaries_and_skips_other_kinds() {
+        assert_eq!(
+            validate_manifests("f.yaml", GOOD, "kubernetes").unwrap(),
+            ["podinfo"]
+        );
+    }
+
+    #[test]
+    fn one_readable_line_for_a_bad_canary() {
+        let bad = GOOD.replace("interval: 1m", "interval: soon");
+        let err = validate_manifests("f.yaml", &bad, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.yaml: Canary podinfo: spec.analysis.interval"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        let weights = GOOD.replace("iterations: 10", "stepWeight: 10");
+        let err = validate_manifests("f.yaml", &weights, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot split traffic by weight"), "{err}");
+    }
+}

@@ -1,0 +1,883 @@
+//! The progressive-delivery state machine: a pure function of
+//! `(settings, status, observations, now)` returning the actions to take, the events
+//! to record and the new status. No I/O happens here.
+//!
+//! Checks (gates, metrics) are I/O, so the machine asks for them: when it reaches a
+//! point that needs a check whose result is not in the observations it returns
+//! [`Step::NeedChecks`]; the caller runs those checks and calls [`step`] again with
+//! the results. Only the checks the current state really needs are ever run.
+//!
+//! One transition per tick, as in Flagger: a tick that acts (moves traffic, scales,
+//! promotes) returns; the next tick observes the effect before going further.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::{
+    CanaryCondition, CanaryStatus, CheckStatus, Phase, Settings, Strategy, Verdict, WebhookType,
+};
+use crate::router::Routes;
+
+/// How ready a workload's pods are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Still rolling out or not enough pods available; the message says how far.
+    NotReady(String),
+    /// Will not become ready (e.g. the Deployment reports ProgressDeadlineExceeded).
+    Failed(String),
+}
+
+/// What the observe step found, from watch caches and the checks run this tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observations {
+    /// Checksum of the target's pod template and tracked configs.
+    pub target_checksum: String,
+    pub tracked_configs: BTreeMap<String, String>,
+    /// Readiness of the target's pods (the canary during analysis).
+    pub canary: Readiness,
+    /// `None` when the primary workload does not exist.
+    pub primary: Option<Readiness>,
+    /// The revision checksum the primary was last promoted to (its annotation).
+    pub primary_revision: Option<String>,
+    /// Value of the `serin.dev/retry` annotation.
+    pub retry: Option<String>,
+    /// The Canary is being deleted.
+    pub deleting: bool,
+    /// Which webhook types the Canary has (gates of a type with no webhook pass).
+    pub webhook_types: BTreeSet<WebhookType>,
+    /// Whether the Canary has metric checks.
+    pub has_metrics: bool,
+    pub checks: CheckResults,
+}
+
+/// Results of the checks run this tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckResults {
+    pub gates: BTreeMap<WebhookType, Vec<CheckStatus>>,
+    pub metrics: Option<Vec<CheckStatus>>,
+}
+
+/// Checks the machine needs before it can decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckPlan {
+    pub gates: Vec<WebhookType>,
+    pub metrics: bool,
+}
+
+/// An effect on the cluster. The caller performs them in order and stops at the first
+/// failure without writing the new status, so the tick is retried; each is idempotent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create the primary from the target if it does not exist (never overwrite it).
+    EnsurePrimary,
+    /// Scale the target (canary) up to its desired replicas.
+    ScaleTargetUp,
+    /// Scale the target to zero; only issued once traffic is off it.
+    ScaleTargetToZero,
+    SetRoutes(Routes),
+    /// Copy the target's pod template and tracked configs to the primary.
+    Promote,
+    /// Fire-and-forget webhooks (post-rollout).
+    RunWebhooks(WebhookType),
+    /// `revertOnDeletion`: give traffic and replicas back to the target.
+    Finalize,
+}
+
+pub use crate::notify::Severity;
+
+/// A Kubernetes Event on the Canary (and, with `alert`, a notification).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub severity: Severity,
+    pub reason: &'static str,
+    pub message: String,
+    /// Whether alert providers hear of it too.
+    pub alert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+    pub status: CanaryStatus,
+    pub requeue_after: Duration,
+}
+
+// One Step lives per tick; boxing the decision would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    NeedChecks(CheckPlan),
+    Decided(Decision),
+}
+
+/// How often to look again while waiting on something a watch may not announce.
+const POLL: Duration = Duration::from_secs(5);
+
+pub const CONDITION_PROMOTED: &str = "Promoted";
+pub const CONDITION_READY: &str = "Ready";
+
+/// The state machine. See the module docs.
+pub fn step(
+    settings: &Settings,
+    status: &CanaryStatus,
+    obs: &Observations,
+    now: DateTime<Utc>,
+) -> Step {
+    let mut m = Machine {
+        settings,
+        obs,
+        now,
+        old: status,
+        status: status.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        requeue: settings.interval,
+        need: CheckPlan::default(),
+    };
+    m.run();
+    if !m.need.gates.is_empty() || m.need.metrics {
+        return Step::NeedChecks(m.need);
+    }
+    m.finish()
+}
+
+struct Machine<'a> {
+    settings: &'a Settings,
+    obs: &'a Observations,
+    now: DateTime<Utc>,
+    old: &'a CanaryStatus,
+    status: CanaryStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue: Duration,
+    need: CheckPlan,
+}
+
+/// The outcome of a gate: all webhooks of the type answered 2xx (or there are none).
+enum Gate {
+    Open,
+    Closed(String),
+    Pending,
+}
+
+impl Machine<'_> {
+    fn run(&mut self) {
+        let phase = self.status.phase;
+        if self.obs.deleting {
+            return self.deleting();
+        }
+        if self.settings.suspend {
+            self.requeue = self.settings.interval;
+            return;
+        }
+        match phase {
+            None | Some(Phase::Initializing) => self.initialize(),
+            Some(Phase::Initialized | Phase::Succeeded | Phase::Failed | Phase::Waiting) => {
+                self.idle()
+            }
+            Some(Phase::Progressing | Phase::WaitingPromotion) => self.progressing(),
+            Some(Phase::Promoting) => self.promoting(),
+            Some(Phase::Finalising) => self.finalising(),
+            Some(Phase::Terminating | Phase::Terminated) => {}
+        }
+    }
+
+    fn finish(mut self) -> Step {
+        let phase = self.status.phase;
+        if phase != self.old.phase {
+            self.status.last_transition_time = Some(self.now.to_rfc3339());
+        }
+        if let Some(phase) = phase {
+            let promoted = matches!(phase, Phase::Initialized | Phase::Succeeded);
+            let message = match phase {
+                Phase::Succeeded => {
+                    "Canary analysis completed successfully, promotion finished.".to_string()
+                }
+                Phase::Initialized => "Deployment initialization completed.".to_string(),
+                Phase::Failed => "Canary analysis failed, Deployment scaled to zero.".to_string(),
+                other => match &self.status.hold_reason {
+                    Some(h) => format!("{other}: {h}"),
+                    None => format!("New revision detected, {}.", other.as_str().to_lowercase()),
+                },
+            };
+            set_condition(
+                &mut self.status.conditions,
+                CONDITION_PROMOTED,
+                promoted,
+                phase.as_str(),
+                &message,
+                self.now,
+            );
+        }
+        Step::Decided(Decision {
+            actions: self.actions,
+            events: self.events,
+            status: self.status,
+            requeue_after: self.requeue,
+        })
+    }
+
+    fn event(&mut self, severity: Severity, reason: &'static str, message: String, alert: bool) {
+        self.events.push(Event {
+            severity,
+            reason,
+            message,
+            alert,
+        });
+    }
+
+    // ---- holds ----------------------------------------------------------------
+
+    /// Holds the release for `key` (e.g. "canary not ready"), recording since when.
+    /// Returns true when the hold has lasted longer than the progress deadline.
+    fn hold(&mut self, key: &str, detail: &str) -> bool {
+        let reason = format!("{key}: {detail}");
+        let same_kind = self
+            .old
+            .hold_reason
+            .as_deref()
+            .is_some_and(|r| r.split(':').next() == Some(key));
+        if !same_kind {
+            self.status.hold_since = Some(self.now.to_rfc3339());
+            self.event(
+                Severity::Info,
+                "Holding",
+                format!("Holding: {reason}"),
+                false,
+            );
+        }
+        self.status.hold_reason = Some(reason);
+        self.requeue = self.requeue.min(POLL);
+        let since = self
+            .status
+            .hold_since
+            .as_deref()
+            .and_then(parse_time)
+            .unwrap_or(self.now);
+        (self.now - since).to_std().unwrap_or_default() > self.settings.progress_deadline
+    }
+
+    fn clear_hold(&mut self) {
+        self.status.hold_reason = None;
+        self.status.hold_since = None;
+    }
+
+    // ---- gates ----------------------------------------------------------------
+
+    fn gate(&mut self, kind: WebhookType) -> Gate {
+        if !self.obs.webhook_types.contains(&kind) {
+            return Gate::Open;
+        }
+        match self.obs.checks.gates.get(&kind) {
+            None => {
+                if !self.need.gates.contains(&kind) {
+                    self.need.gates.push(kind);
+                }
+                Gate::Pending
+            }
+            Some(results) => {
+                if let Some(failed) = results.iter().find(|c| c.verdict != Verdict::Pass) {
+                    Gate::Closed(format!(
+                        "{} webhook {} {}",
+                        kind.as_str(),
+                        failed.name,
+                        failed.message.as_deref().unwrap_or("did not pass")
+                    ))
+                } else {
+                    Gate::Open
+                }
+            }
+        }
+    }
+
+    /// The rollback gate is inverted: a webhook answering 2xx asks for a rollback.
+    fn rollback_requested(&mut self) -> Option<bool> {
+        if !self.obs.webhook_types.contains(&WebhookType::Rollback) {
+            return Some(false);
+        }
+        match self.obs.checks.gates.get(&WebhookType::Rollback) {
+            None => {
+                self.need.gates.push(WebhookType::Rollback);
+                None
+            }
+            Some(results) => Some(results.iter().any(|c| c.verdict == Verdict::Pass)),
+        }
+    }
+
+    // ---- phases ---------------------------------------------------------------
+
+    fn deleting(&mut self) {
+        if !self.settings.revert_on_deletion {
+            return;
+        }
+        if self.status.phase != Some(Phase::Terminated) {
+            self.actions.push(Action::Finalize);
+            self.status.phase = Some(Phase::Terminated);
+            self.event(
+                Severity::Info,
+                "Terminated",
+                "Canary deleted: traffic and replicas given back to the target (revertOnDeletion)"
+                    .into(),
+                false,
+            );
+        }
+    }
+
+    fn initialize(&mut self) {
+        match &self.obs.primary {
+            None => {
+                self.actions.push(Action::EnsurePrimary);
+                self.status.phase = Some(Phase::Initializing);
+                self.requeue = POLL;
+                if self.old.phase.is_none() {
+                    self.event(
+                        Severity::Info,
+                        "Initializing",
+                        "Creating the primary from the target".into(),
+                        false,
+                    );
+                }
+            }
+            Some(Readiness::Ready) => {
+                self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+                self.actions.push(Action::ScaleTargetToZero);
+                self.status.phase = Some(Phase::Initialized);
+                self.status.last_applied_spec = Some(self.obs.target_checksum.clone());
+                self.status.last_promoted_spec = Some(self.obs.target_checksum.clone());
+                self.status.tracked_configs = self.tracked();
+                self.status.canary_weight = 0;
+                self.clear_hold();
+                self.event(
+                    Severity::Info,
+                    "Initialized",
+                    "Initialization done: primary serving, target scaled to zero".into(),
+                    true,
+                );
+            }
+            Some(Readiness::NotReady(why) | Readiness::Failed(why)) => {
+                let why = why.clone();
+                self.status.phase = Some(Phase::Initializing);
+                // The target keeps serving until the primary is ready, so there is no
+                // rollback to do: only keep waiting, visibly.
+                self.hold("primary not ready", &why);
+            }
+        }
+    }
+
+    fn tracked(&self) -> Option<BTreeMap<String, String>> {
+        Some(self.obs.tracked_configs.clone()).filter(|t| !t.is_empty())
+    }
+
+    fn new_revision(&self) -> bool {
+        self.status.last_applied_spec.as_deref() != Some(self.obs.target_checksum.as_str())
+    }
+
+    fn retry_requested(&self) -> bool {
+        self.status.phase == Some(Phase::Failed)
+            && self.obs.retry.is_some()
+            && self.obs.retry != self.status.last_retry
+    }
+
+    fn idle(&mut self) {
+        let retry = self.retry_requested();
+        if !self.new_revision() && !retry {
+            if self.status.phase == Some(Phase::Waiting) {
+                // The revision we were waiting to start was reverted by the user.
+                self.status.phase = Some(self.old_settled_phase());
+                self.clear_hold();
+            }
+            return;
+        }
+        match self.gate(WebhookType::ConfirmRollout) {
+            Gate::Pending => {}
+            Gate::Closed(why) => {
+                self.status.phase = Some(Phase::Waiting);
+                if self.old.phase != Some(Phase::Waiting) {
+                    self.event(Severity::Info, "Waiting", format!("Halted: {why}"), true);
+                }
+                self.status.hold_reason = Some(format!("confirm-rollout: {why}"));
+            }
+            Gate::Open => {
+                if retry {
+                    self.status.last_retry = self.obs.retry.clone();
+                }
+                self.start_release(if retry {
+                    "Retry requested: restarting analysis"
+                } else {
+                    "New revision detected: scaling up the target"
+                });
+            }
+        }
+    }
+
+    /// The settled phase to return to when a waiting revision is withdrawn.
+    fn old_settled_phase(&self) -> Phase {
+        if self.status.last_promoted_spec == self.status.last_applied_spec {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        }
+    }
+
+    fn start_release(&mut self, message: &str) {
+        self.status.phase = Some(Phase::Progressing);
+        self.status.last_applied_spec = Some(self.obs.target_checksum.clone());
+        self.status.tracked_configs = self.tracked();
+        self.status.canary_weight = 0;
+        self.status.iterations = 0;
+        self.status.failed_checks = 0;
+        self.status.last_step_time = None;
+        self.status.last_analysis.clear();
+        self.clear_hold();
+        self.actions.push(Action::ScaleTargetUp);
+        self.requeue = POLL;
+        self.event(Severity::Info, "Progressing", message.to_string(), true);
+    }
+
+    fn progressing(&mut self) {
+        if self.new_revision() {
+            // A new revision mid-analysis: the traffic moves back to the primary and
+            // the analysis starts over with the new pods.
+            self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+            self.start_release("New revision detected during analysis: restarting");
+            return;
+        }
+        match self.rollback_requested() {
+            None => return,
+            Some(true) => return self.rollback("Rolling back: a rollback webhook asked for it"),
+            Some(false) => {}
+        }
+        match &self.obs.canary {
+            Readiness::Failed(why) => {
+                let why = why.clone();
+                return self.rollback(&format!(
+                    "Rolling back: canary failed to become ready: {why}"
+                ));
+            }
+            Readiness::NotReady(why) => {
+                let why = why.clone();
+                if self.hold("canary not ready", &why) {
+                    return self.rollback(&format!(
+                        "Rolling back: canary not ready within {}s: {why}",
+                        self.settings.progress_deadline.as_secs()
+                    ));
+                }
+                return;
+            }
+            Readiness::Ready => {}
+        }
+        match &self.obs.primary {
+            Some(Readiness::Ready) => {}
+            Some(Readiness::NotReady(why) | Readiness::Failed(why)) => {
+                let why = why.clone();
+                self.hold("primary not ready", &why);
+                return;
+            }
+            None => {
+                self.actions.push(Action::EnsurePrimary);
+                self.hold("primary missing", "recreating the primary");
+                return;
+            }
+        }
+        if self.settings.skip_analysis {
+            self.clear_hold();
+            return self.promote("Analysis skipped (skipAnalysis): promoting");
+        }
+        if self.status.failed_checks >= self.settings.threshold {
+            return self.rollback(&format!(
+                "Rolling back: failed checks threshold reached {}",
+                self.status.failed_checks
+            ));
+        }
+        if self
+            .status
+            .hold_reason
+            .as_deref()
+            .is_some_and(|h| h.starts_with("canary not ready") || h.starts_with("primary"))
+        {
+            self.clear_hold();
+        }
+        if let Some(wait) = self.until_due() {
+            self.requeue = wait;
+            return;
+        }
+        let first = self.status.canary_weight == 0 && self.status.iterations == 0;
+        if first {
+            match self.gate(WebhookType::PreRollout) {
+                Gate::Pending => return,
+                Gate::Closed(why) => {
+                    return self.failed_check(&format!("Pre-rollout check failed: {why}"));
+                }
+                Gate::Open => {}
+            }
+        } else if self.status.phase != Some(Phase::WaitingPromotion) || self.obs.has_metrics {
+            match self.analyse() {
+                None => return,
+                Some(Verdict::Fail) => return,
+                Some(Verdict::Inconclusive) => return,
+                Some(Verdict::Pass) => {}
+            }
+        }
+        self.clear_hold();
+        self.advance();
+    }
+
+    /// Time left before the next analysis step, or `None` when it is due.
+    fn until_due(&self) -> Option<Duration> {
+        let last = self.status.last_step_time.as_deref().and_then(parse_time)?;
+        let elapsed = (self.now - last).to_std().unwrap_or_default();
+        (elapsed < self.settings.interval).then(|| self.settings.interval - elapsed)
+    }
+
+    /// Runs the rollout webhooks and metric checks; returns the combined verdict once
+    /// they are in.
+    fn analyse(&mut self) -> Option<Verdict> {
+        let webhooks = match self.gate(WebhookType::Rollout) {
+            Gate::Pending => None,
+            Gate::Open | Gate::Closed(_) => Some(
+                self.obs
+                    .checks
+                    .gates
+                    .get(&WebhookType::Rollout)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        };
+        let metrics = if self.obs.has_metrics {
+            match &self.obs.checks.metrics {
+                Some(m) => Some(m.clone()),
+                None => {
+                    self.need.metrics = true;
+                    None
+                }
+            }
+        } else {
+            Some(Vec::new())
+        };
+        let (webhooks, metrics) = (webhooks?, metrics?);
+        let results: Vec<CheckStatus> = webhooks.into_iter().chain(metrics).collect();
+        self.status.last_analysis = results.clone();
+        self.status.last_step_time = Some(self.now.to_rfc3339());
+        self.requeue = self.settings.interval;
+
+        let failed: Vec<&CheckStatus> = results
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .collect();
+        if !failed.is_empty() {
+            let summary = failed
+                .iter()
+                .map(|c| describe(c))
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.failed_check(&format!("Halt advancement: {summary}"));
+            return Some(Verdict::Fail);
+        }
+        if let Some(c) = results.iter().find(|c| c.verdict == Verdict::Inconclusive) {
+            let detail = describe(c);
+            if self.hold("analysis inconclusive", &detail) {
+                self.rollback(&format!(
+                    "Rolling back: no conclusive analysis within {}s: {detail}",
+                    self.settings.progress_deadline.as_secs()
+                ));
+            }
+            // Inconclusive steps are re-checked at the interval, not the poll period.
+            self.requeue = self.settings.interval;
+            return Some(Verdict::Inconclusive);
+        }
+        Some(Verdict::Pass)
+    }
+
+    fn failed_check(&mut self, message: &str) {
+        self.status.failed_checks += 1;
+        self.status.last_step_time = Some(self.now.to_rfc3339());
+        self.requeue = self.settings.interval;
+        self.clear_hold();
+        self.event(Severity::Warn, "FailedCheck", message.to_string(), true);
+        if self.status.failed_checks >= self.settings.threshold {
+            let why = format!(
+                "Rolling back: failed checks threshold reached {} ({message})",
+                self.status.failed_checks
+            );
+            self.rollback(&why);
+        }
+    }
+
+    fn advance(&mut self) {
+        self.status.last_step_time = Some(self.now.to_rfc3339());
+        self.requeue = self.settings.interval;
+        match self.settings.strategy.clone() {
+            Strategy::Canary {
+                weights,
+                mirror,
+                mirror_weight,
+                ..
+            } => {
+                let current = self.status.canary_weight;
+                let max = weights.last().copied().unwrap_or(100);
+                if current < max {
+                    match self.gate(WebhookType::ConfirmTrafficIncrease) {
+                        Gate::Pending => {}
+                        Gate::Closed(why) => {
+                            self.status.hold_reason =
+                                Some(format!("confirm-traffic-increase: {why}"));
+                        }
+                        Gate::Open => {
+                            let next = weights
+                                .iter()
+                                .copied()
+                                .find(|w| *w > current)
+                                .unwrap_or(max);
+                            let mut routes = Routes::weighted(next);
+                            if mirror && mirror_weight.is_some() {
+                                routes.mirror = true;
+                                routes.mirror_weight = mirror_weight;
+                            }
+                            self.actions.push(Action::SetRoutes(routes));
+                            self.status.canary_weight = next;
+                            self.event(
+                                Severity::Info,
+                                "Advance",
+                                format!("Advance canary weight {next}"),
+                                false,
+                            );
+                        }
+                    }
+                } else {
+                    self.confirm_promotion();
+                }
+            }
+            Strategy::AbTesting { iterations } | Strategy::BlueGreen { iterations, .. } => {
+                if self.status.iterations < iterations {
+                    if self.status.iterations == 0 {
+                        self.actions.push(Action::SetRoutes(self.analysis_routes()));
+                    }
+                    self.status.iterations += 1;
+                    self.event(
+                        Severity::Info,
+                        "Advance",
+                        format!("Advance iteration {}/{iterations}", self.status.iterations),
+                        false,
+                    );
+                } else {
+                    self.confirm_promotion();
+                }
+            }
+        }
+    }
+
+    /// Routes during A/B and blue/green analysis.
+    fn analysis_routes(&self) -> Routes {
+        match self.settings.strategy {
+            // Matched requests go to the canary; routers keep the default route on
+            // the primary.
+            Strategy::AbTesting { .. } => Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            },
+            Strategy::BlueGreen { mirror, .. } => Routes {
+                mirror,
+                ..Routes::PRIMARY
+            },
+            Strategy::Canary { .. } => Routes::PRIMARY,
+        }
+    }
+
+    fn confirm_promotion(&mut self) {
+        match self.gate(WebhookType::ConfirmPromotion) {
+            Gate::Pending => {}
+            Gate::Closed(why) => {
+                if self.status.phase != Some(Phase::WaitingPromotion) {
+                    self.event(
+                        Severity::Info,
+                        "WaitingPromotion",
+                        format!("Halted: {why}"),
+                        true,
+                    );
+                }
+                self.status.phase = Some(Phase::WaitingPromotion);
+                self.status.hold_reason = Some(format!("confirm-promotion: {why}"));
+            }
+            Gate::Open => self.promote("Analysis passed: promoting the canary"),
+        }
+    }
+
+    fn promote(&mut self, message: &str) {
+        if let Strategy::BlueGreen { .. } = self.settings.strategy {
+            // Blue/green: all traffic to the (ready) canary while the primary rolls
+            // out the new version, so users switch once and never see a half-updated
+            // primary.
+            self.actions.push(Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            }));
+            self.status.canary_weight = 100;
+        }
+        self.actions.push(Action::Promote);
+        self.status.phase = Some(Phase::Promoting);
+        self.status.last_step_time = Some(self.now.to_rfc3339());
+        self.clear_hold();
+        self.requeue = POLL;
+        self.event(Severity::Info, "Promoting", message.to_string(), true);
+    }
+
+    fn promoting(&mut self) {
+        let promoted =
+            self.obs.primary_revision.as_deref() == self.status.last_applied_spec.as_deref();
+        match (&self.obs.primary, promoted) {
+            (Some(Readiness::Ready), true) => {}
+            (None, _) => {
+                self.actions.push(Action::EnsurePrimary);
+                self.hold("primary missing", "recreating the primary");
+                return;
+            }
+            (_, false) => {
+                // The promotion patch has not reached the primary yet (or failed):
+                // issue it again, it is idempotent.
+                self.actions.push(Action::Promote);
+                self.hold("promoting", "primary not yet at the new revision");
+                return;
+            }
+            (Some(Readiness::NotReady(why) | Readiness::Failed(why)), true) => {
+                let why = why.clone();
+                self.hold("primary rolling out", &why);
+                return;
+            }
+        }
+        self.clear_hold();
+        if let Strategy::Canary {
+            step_weight_promotion: Some(step),
+            ..
+        } = self.settings.strategy
+            && self.status.canary_weight > 0
+        {
+            // Primary runs the new version: shift traffic back to it in steps.
+            if let Some(wait) = self.until_due() {
+                self.requeue = wait;
+                return;
+            }
+            let next = self.status.canary_weight.saturating_sub(step);
+            self.status.canary_weight = next;
+            self.status.last_step_time = Some(self.now.to_rfc3339());
+            self.actions.push(Action::SetRoutes(Routes::weighted(next)));
+            self.requeue = self.settings.interval;
+            if next > 0 {
+                return;
+            }
+        } else {
+            self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+        }
+        self.status.canary_weight = 0;
+        self.status.phase = Some(Phase::Finalising);
+        self.requeue = POLL;
+    }
+
+    fn finalising(&mut self) {
+        self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+        self.actions.push(Action::ScaleTargetToZero);
+        if self.obs.webhook_types.contains(&WebhookType::PostRollout) {
+            self.actions
+                .push(Action::RunWebhooks(WebhookType::PostRollout));
+        }
+        self.status.phase = Some(Phase::Succeeded);
+        self.status.canary_weight = 0;
+        self.status.last_promoted_spec = self.status.last_applied_spec.clone();
+        self.clear_hold();
+        self.requeue = self.settings.interval;
+        self.event(
+            Severity::Info,
+            "Succeeded",
+            "Promotion completed: primary runs the new revision, target scaled to zero".into(),
+            true,
+        );
+    }
+
+    fn rollback(&mut self, message: &str) {
+        // Routes first: the target is only scaled down once no traffic goes to it.
+        self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+        self.actions.push(Action::ScaleTargetToZero);
+        if self.obs.webhook_types.contains(&WebhookType::PostRollout) {
+            self.actions
+                .push(Action::RunWebhooks(WebhookType::PostRollout));
+        }
+        self.status.phase = Some(Phase::Failed);
+        self.status.canary_weight = 0;
+        self.status.iterations = 0;
+        self.clear_hold();
+        self.requeue = self.settings.interval;
+        self.event(Severity::Error, "Failed", message.to_string(), true);
+    }
+}
+
+/// One readable line for a check: `request-success-rate 80.5 (want >= 99): ...`.
+pub fn describe(c: &CheckStatus) -> String {
+    let mut s = c.name.clone();
+    if let Some(v) = c.value {
+        s.push_str(&format!(" {}", format_value(v)));
+    }
+    if let Some(t) = &c.threshold {
+        s.push_str(&format!(" (want {t})"));
+    }
+    if let Some(m) = &c.message {
+        s.push_str(&format!(": {m}"));
+    }
+    s
+}
+
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Sets a condition, keeping `lastTransitionTime` when the status does not change.
+pub fn set_condition(
+    conditions: &mut Vec<CanaryCondition>,
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) {
+    let status = if ok { "True" } else { "False" };
+    if let Some(c) = conditions.iter_mut().find(|c| c.r#type == kind) {
+        if c.status == status && c.reason == reason && c.message.as_deref() == Some(message) {
+            return;
+        }
+        if c.status != status {
+            c.last_transition_time = Some(now.to_rfc3339());
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = Some(message.into());
+        c.last_update_time = Some(now.to_rfc3339());
+        return;
+    }
+    conditions.push(CanaryCondition {
+        r#type: kind.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: Some(message.into()),
+        last_update_time: Some(now.to_rfc3339()),
+        last_transition_time: Some(now.to_rfc3339()),
+    });
+}
+
+#[cfg(test)]
+mod tests;

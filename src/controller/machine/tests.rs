@@ -1,0 +1,841 @@
+//! Table-driven tests of every transition, and whole releases run against a small
+//! simulated world that applies the machine's actions.
+
+use std::collections::BTreeSet;
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::crd::{CheckKind, Provider};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn settings(strategy: Strategy) -> Settings {
+    Settings {
+        provider: Provider::GatewayApiV1,
+        strategy,
+        interval: Duration::from_secs(10),
+        threshold: 2,
+        progress_deadline: Duration::from_secs(60),
+        primary_ready_threshold: 100,
+        canary_ready_threshold: 100,
+        skip_analysis: false,
+        suspend: false,
+        revert_on_deletion: false,
+    }
+}
+
+fn canary_strategy() -> Strategy {
+    Strategy::Canary {
+        weights: vec![10, 20, 30],
+        mirror: false,
+        mirror_weight: None,
+        step_weight_promotion: None,
+    }
+}
+
+fn obs(checksum: &str) -> Observations {
+    Observations {
+        target_checksum: checksum.into(),
+        tracked_configs: BTreeMap::new(),
+        canary: Readiness::Ready,
+        primary: Some(Readiness::Ready),
+        primary_revision: Some("v1".into()),
+        retry: None,
+        deleting: false,
+        webhook_types: BTreeSet::new(),
+        has_metrics: true,
+        checks: CheckResults::default(),
+    }
+}
+
+fn status(phase: Phase, applied: &str) -> CanaryStatus {
+    CanaryStatus {
+        phase: Some(phase),
+        last_applied_spec: Some(applied.into()),
+        last_promoted_spec: Some("v1".into()),
+        ..Default::default()
+    }
+}
+
+fn check(name: &str, verdict: Verdict) -> CheckStatus {
+    CheckStatus {
+        name: name.into(),
+        kind: CheckKind::Metric,
+        verdict,
+        value: Some(42.0),
+        threshold: Some(">= 99".into()),
+        message: None,
+    }
+}
+
+fn with_metrics(mut o: Observations, verdict: Verdict) -> Observations {
+    o.checks.metrics = Some(vec![check("request-success-rate", verdict)]);
+    o
+}
+
+fn decided(s: &Settings, st: &CanaryStatus, o: &Observations, now: DateTime<Utc>) -> Decision {
+    match step(s, st, o, now) {
+        Step::Decided(d) => d,
+        Step::NeedChecks(p) => panic!("unexpected NeedChecks({p:?}) for {st:?}"),
+    }
+}
+
+fn phase_of(d: &Decision) -> Option<Phase> {
+    d.status.phase
+}
+
+#[test]
+fn initialization() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v1");
+
+    o.primary = None;
+    let d = decided(&s, &CanaryStatus::default(), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Initializing));
+    assert_eq!(d.actions, vec![Action::EnsurePrimary]);
+
+    o.primary = Some(Readiness::NotReady("0 of 2 available".into()));
+    let d = decided(&s, &d.status, &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Initializing));
+    assert!(
+        d.actions.is_empty(),
+        "nothing scaled down before the primary is ready"
+    );
+    assert!(
+        d.status
+            .hold_reason
+            .as_deref()
+            .unwrap()
+            .contains("primary not ready")
+    );
+
+    o.primary = Some(Readiness::Ready);
+    let d = decided(&s, &d.status, &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Initialized));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::SetRoutes(Routes::PRIMARY),
+            Action::ScaleTargetToZero
+        ],
+        "routes move before the target is scaled down"
+    );
+    assert_eq!(d.status.last_applied_spec.as_deref(), Some("v1"));
+    assert_eq!(d.status.last_promoted_spec.as_deref(), Some("v1"));
+    let promoted = d
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Promoted")
+        .unwrap();
+    assert_eq!(promoted.status, "True");
+}
+
+/// Each row: starting phase and observations, and the phase and actions expected.
+#[test]
+fn transition_table() {
+    struct Row {
+        name: &'static str,
+        settings: Settings,
+        status: CanaryStatus,
+        obs: Observations,
+        now: DateTime<Utc>,
+        phase: Phase,
+        actions: Vec<Action>,
+        weight: u32,
+    }
+    let s = settings(canary_strategy());
+    let progressing = |weight: u32, failed: u32| CanaryStatus {
+        canary_weight: weight,
+        failed_checks: failed,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let later = t0() + secs(11);
+    let rows = vec![
+        Row {
+            name: "idle, same revision: nothing",
+            settings: s.clone(),
+            status: status(Phase::Succeeded, "v1"),
+            obs: obs("v1"),
+            now: t0(),
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+        },
+        Row {
+            name: "new revision starts a release",
+            settings: s.clone(),
+            status: status(Phase::Succeeded, "v1"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![Action::ScaleTargetUp],
+            weight: 0,
+        },
+        Row {
+            name: "failed revision stays failed",
+            settings: s.clone(),
+            status: status(Phase::Failed, "v2"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Failed,
+            actions: vec![],
+            weight: 0,
+        },
+        Row {
+            name: "a new revision after a failure starts again",
+            settings: s.clone(),
+            status: status(Phase::Failed, "v2"),
+            obs: obs("v3"),
+            now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![Action::ScaleTargetUp],
+            weight: 0,
+        },
+        Row {
+            name: "first step: no analysis at weight 0, traffic moves to the first weight",
+            settings: s.clone(),
+            status: status(Phase::Progressing, "v2"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![Action::SetRoutes(Routes::weighted(10))],
+            weight: 10,
+        },
+        Row {
+            name: "not due yet: hold",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: obs("v2"),
+            now: t0() + secs(5),
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 10,
+        },
+        Row {
+            name: "checks pass: next weight",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: with_metrics(obs("v2"), Verdict::Pass),
+            now: later,
+            phase: Phase::Progressing,
+            actions: vec![Action::SetRoutes(Routes::weighted(20))],
+            weight: 20,
+        },
+        Row {
+            name: "check fails below threshold: weight holds",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: with_metrics(obs("v2"), Verdict::Fail),
+            now: later,
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 10,
+        },
+        Row {
+            name: "check fails at threshold: rollback",
+            settings: s.clone(),
+            status: progressing(20, 1),
+            obs: with_metrics(obs("v2"), Verdict::Fail),
+            now: later,
+            phase: Phase::Failed,
+            actions: vec![
+                Action::SetRoutes(Routes::PRIMARY),
+                Action::ScaleTargetToZero,
+            ],
+            weight: 0,
+        },
+        Row {
+            name: "no data: inconclusive holds without a failed check",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: with_metrics(obs("v2"), Verdict::Inconclusive),
+            now: later,
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 10,
+        },
+        Row {
+            name: "max weight and checks pass: promote",
+            settings: s.clone(),
+            status: progressing(30, 0),
+            obs: with_metrics(obs("v2"), Verdict::Pass),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![Action::Promote],
+            weight: 30,
+        },
+        Row {
+            name: "canary crashing: rollback",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: Observations {
+                canary: Readiness::Failed("ProgressDeadlineExceeded".into()),
+                ..obs("v2")
+            },
+            now: later,
+            phase: Phase::Failed,
+            actions: vec![
+                Action::SetRoutes(Routes::PRIMARY),
+                Action::ScaleTargetToZero,
+            ],
+            weight: 0,
+        },
+        Row {
+            name: "new revision mid-analysis: restart from the primary",
+            settings: s.clone(),
+            status: progressing(20, 1),
+            obs: obs("v3"),
+            now: later,
+            phase: Phase::Progressing,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY), Action::ScaleTargetUp],
+            weight: 0,
+        },
+        Row {
+            name: "primary at the new revision and ready: traffic back to primary",
+            settings: s.clone(),
+            status: CanaryStatus {
+                canary_weight: 30,
+                ..status(Phase::Promoting, "v2")
+            },
+            obs: Observations {
+                primary_revision: Some("v2".into()),
+                ..obs("v2")
+            },
+            now: later,
+            phase: Phase::Finalising,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+        },
+        Row {
+            name: "promotion not yet visible on the primary: promote again and hold",
+            settings: s.clone(),
+            status: status(Phase::Promoting, "v2"),
+            obs: obs("v2"),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![Action::Promote],
+            weight: 0,
+        },
+        Row {
+            name: "finalising: scale the canary down, succeed",
+            settings: s.clone(),
+            status: status(Phase::Finalising, "v2"),
+            obs: obs("v2"),
+            now: later,
+            phase: Phase::Succeeded,
+            actions: vec![
+                Action::SetRoutes(Routes::PRIMARY),
+                Action::ScaleTargetToZero,
+            ],
+            weight: 0,
+        },
+        Row {
+            name: "skipAnalysis promotes as soon as the canary is ready",
+            settings: Settings {
+                skip_analysis: true,
+                ..s.clone()
+            },
+            status: status(Phase::Progressing, "v2"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Promoting,
+            actions: vec![Action::Promote],
+            weight: 0,
+        },
+        Row {
+            name: "suspend: nothing moves",
+            settings: Settings {
+                suspend: true,
+                ..s.clone()
+            },
+            status: status(Phase::Succeeded, "v1"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+        },
+        Row {
+            name: "blue/green first iteration: routes stay on primary",
+            settings: settings(Strategy::BlueGreen {
+                iterations: 2,
+                mirror: false,
+            }),
+            status: status(Phase::Progressing, "v2"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+        },
+        Row {
+            name: "blue/green done: all traffic to the canary, then promote",
+            settings: settings(Strategy::BlueGreen {
+                iterations: 2,
+                mirror: false,
+            }),
+            status: CanaryStatus {
+                iterations: 2,
+                last_step_time: Some(t0().to_rfc3339()),
+                ..status(Phase::Progressing, "v2")
+            },
+            obs: with_metrics(obs("v2"), Verdict::Pass),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![
+                Action::SetRoutes(Routes {
+                    primary: 0,
+                    canary: 100,
+                    mirror: false,
+                    mirror_weight: None,
+                }),
+                Action::Promote,
+            ],
+            weight: 100,
+        },
+        Row {
+            name: "A/B first iteration: matched traffic to canary",
+            settings: settings(Strategy::AbTesting { iterations: 3 }),
+            status: status(Phase::Progressing, "v2"),
+            obs: obs("v2"),
+            now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            })],
+            weight: 0,
+        },
+    ];
+    for row in rows {
+        let d = decided(&row.settings, &row.status, &row.obs, row.now);
+        assert_eq!(phase_of(&d), Some(row.phase), "{}: phase", row.name);
+        assert_eq!(d.actions, row.actions, "{}: actions", row.name);
+        assert_eq!(d.status.canary_weight, row.weight, "{}: weight", row.name);
+    }
+}
+
+#[test]
+fn failed_checks_count_and_reset() {
+    let s = settings(canary_strategy());
+    let st = CanaryStatus {
+        canary_weight: 10,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let d = decided(
+        &s,
+        &st,
+        &with_metrics(obs("v2"), Verdict::Fail),
+        t0() + secs(11),
+    );
+    assert_eq!(d.status.failed_checks, 1);
+    let warn = d.events.iter().find(|e| e.reason == "FailedCheck").unwrap();
+    assert!(
+        warn.message
+            .contains("request-success-rate 42 (want >= 99)"),
+        "{}",
+        warn.message
+    );
+    assert_eq!(d.status.last_analysis.len(), 1);
+    // A new release resets the count.
+    let d = decided(&s, &status(Phase::Failed, "v2"), &obs("v3"), t0());
+    assert_eq!(d.status.failed_checks, 0);
+}
+
+#[test]
+fn inconclusive_past_the_deadline_rolls_back() {
+    let s = settings(canary_strategy());
+    let st = CanaryStatus {
+        canary_weight: 10,
+        last_step_time: Some(t0().to_rfc3339()),
+        hold_reason: Some("analysis inconclusive: no data".into()),
+        hold_since: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let o = with_metrics(obs("v2"), Verdict::Inconclusive);
+    let d = decided(&s, &st, &o, t0() + secs(30));
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.status.failed_checks, 0);
+    assert_eq!(
+        d.status.hold_since, st.hold_since,
+        "the hold keeps its start"
+    );
+    let d = decided(&s, &st, &o, t0() + secs(61));
+    assert_eq!(phase_of(&d), Some(Phase::Failed));
+}
+
+#[test]
+fn canary_not_ready_until_deadline() {
+    let s = settings(canary_strategy());
+    let o = Observations {
+        canary: Readiness::NotReady("0 of 1 available".into()),
+        ..obs("v2")
+    };
+    let d = decided(&s, &status(Phase::Progressing, "v2"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.events.len(), 1, "one event when the hold starts");
+    let d2 = decided(&s, &d.status, &o, t0() + secs(30));
+    assert!(d2.events.is_empty(), "no event spam while the hold lasts");
+    let d3 = decided(&s, &d2.status, &o, t0() + secs(61));
+    assert_eq!(phase_of(&d3), Some(Phase::Failed));
+    assert!(
+        d3.events
+            .iter()
+            .any(|e| e.message.contains("not ready within 60s"))
+    );
+}
+
+#[test]
+fn gates_are_asked_for_only_when_needed() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v2");
+    o.webhook_types = [
+        WebhookType::ConfirmRollout,
+        WebhookType::ConfirmPromotion,
+        WebhookType::PreRollout,
+    ]
+    .into_iter()
+    .collect();
+    // Idle with no new revision asks for nothing.
+    assert!(matches!(
+        step(&s, &status(Phase::Succeeded, "v2"), &o, t0()),
+        Step::Decided(_)
+    ));
+    // A new revision asks for confirm-rollout only.
+    match step(&s, &status(Phase::Succeeded, "v1"), &o, t0()) {
+        Step::NeedChecks(p) => assert_eq!(p.gates, vec![WebhookType::ConfirmRollout]),
+        other => panic!("{other:?}"),
+    }
+    // Closed: Waiting, with the reason.
+    o.checks.gates.insert(
+        WebhookType::ConfirmRollout,
+        vec![CheckStatus {
+            verdict: Verdict::Fail,
+            message: Some("403 Forbidden".into()),
+            ..check("approval", Verdict::Fail)
+        }],
+    );
+    let d = decided(&s, &status(Phase::Succeeded, "v1"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Waiting));
+    assert!(d.status.hold_reason.unwrap().contains("403"));
+    // Open: Progressing.
+    o.checks.gates.insert(
+        WebhookType::ConfirmRollout,
+        vec![check("approval", Verdict::Pass)],
+    );
+    let d = decided(&s, &status(Phase::Waiting, "v1"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    // First step asks for pre-rollout, not metrics.
+    match step(&s, &d.status, &o, t0()) {
+        Step::NeedChecks(p) => {
+            assert_eq!(p.gates, vec![WebhookType::PreRollout]);
+            assert!(!p.metrics);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn confirm_promotion_holds_in_waiting_promotion() {
+    let s = settings(canary_strategy());
+    let mut o = with_metrics(obs("v2"), Verdict::Pass);
+    o.webhook_types = [WebhookType::ConfirmPromotion].into_iter().collect();
+    o.checks.gates.insert(
+        WebhookType::ConfirmPromotion,
+        vec![check("gate", Verdict::Fail)],
+    );
+    let st = CanaryStatus {
+        canary_weight: 30,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let d = decided(&s, &st, &o, t0() + secs(11));
+    assert_eq!(phase_of(&d), Some(Phase::WaitingPromotion));
+    assert!(d.actions.is_empty());
+    o.checks.gates.insert(
+        WebhookType::ConfirmPromotion,
+        vec![check("gate", Verdict::Pass)],
+    );
+    let d = decided(&s, &d.status, &o, t0() + secs(22));
+    assert_eq!(phase_of(&d), Some(Phase::Promoting));
+    assert_eq!(d.actions, vec![Action::Promote]);
+}
+
+#[test]
+fn rollback_webhook_rolls_back() {
+    let s = settings(canary_strategy());
+    let mut o = with_metrics(obs("v2"), Verdict::Pass);
+    o.webhook_types = [WebhookType::Rollback].into_iter().collect();
+    let st = CanaryStatus {
+        canary_weight: 10,
+        ..status(Phase::Progressing, "v2")
+    };
+    assert!(matches!(step(&s, &st, &o, t0()), Step::NeedChecks(_)));
+    o.checks
+        .gates
+        .insert(WebhookType::Rollback, vec![check("rb", Verdict::Fail)]);
+    assert_eq!(
+        phase_of(&decided(&s, &st, &o, t0())),
+        Some(Phase::Progressing)
+    );
+    o.checks
+        .gates
+        .insert(WebhookType::Rollback, vec![check("rb", Verdict::Pass)]);
+    assert_eq!(phase_of(&decided(&s, &st, &o, t0())), Some(Phase::Failed));
+}
+
+#[test]
+fn retry_annotation_restarts_a_failed_revision_once() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v2");
+    o.retry = Some("1".into());
+    let d = decided(&s, &status(Phase::Failed, "v2"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.status.last_retry.as_deref(), Some("1"));
+    let failed_again = CanaryStatus {
+        last_retry: Some("1".into()),
+        ..status(Phase::Failed, "v2")
+    };
+    assert_eq!(
+        phase_of(&decided(&s, &failed_again, &o, t0())),
+        Some(Phase::Failed)
+    );
+}
+
+#[test]
+fn deletion_with_revert_finalizes_once() {
+    let s = Settings {
+        revert_on_deletion: true,
+        ..settings(canary_strategy())
+    };
+    let mut o = obs("v1");
+    o.deleting = true;
+    let d = decided(&s, &status(Phase::Succeeded, "v1"), &o, t0());
+    assert_eq!(d.actions, vec![Action::Finalize]);
+    assert_eq!(phase_of(&d), Some(Phase::Terminated));
+    assert!(decided(&s, &d.status, &o, t0()).actions.is_empty());
+    let plain = settings(canary_strategy());
+    assert!(
+        decided(&plain, &status(Phase::Succeeded, "v1"), &o, t0())
+            .actions
+            .is_empty()
+    );
+}
+
+#[test]
+fn step_weight_promotion_shifts_back_in_steps() {
+    let s = settings(Strategy::Canary {
+        weights: vec![50],
+        mirror: false,
+        mirror_weight: None,
+        step_weight_promotion: Some(20),
+    });
+    let o = Observations {
+        primary_revision: Some("v2".into()),
+        ..obs("v2")
+    };
+    let mut st = CanaryStatus {
+        canary_weight: 50,
+        ..status(Phase::Promoting, "v2")
+    };
+    let mut weights = vec![];
+    let mut now = t0();
+    for _ in 0..10 {
+        let d = decided(&s, &st, &o, now);
+        weights.push(d.status.canary_weight);
+        st = d.status;
+        now += secs(11);
+        if st.phase == Some(Phase::Finalising) {
+            break;
+        }
+    }
+    assert_eq!(weights, vec![30, 10, 0]);
+}
+
+// ---- whole releases in a simulated world ---------------------------------------
+
+/// A tiny world: applies actions the way the cluster would, so the machine's actions
+/// are checked for their effect, not only their shape.
+struct World {
+    target_revision: String,
+    target_replicas: i32,
+    primary_revision: Option<String>,
+    routes: Routes,
+    canary_healthy: bool,
+    metrics: Verdict,
+    post_rollout_calls: u32,
+}
+
+impl World {
+    fn observe(&self) -> Observations {
+        Observations {
+            target_checksum: self.target_revision.clone(),
+            canary: if self.target_replicas == 0 {
+                Readiness::NotReady("scaled to zero".into())
+            } else if self.canary_healthy {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady("0 of 1 available (CrashLoopBackOff)".into())
+            },
+            primary: self.primary_revision.as_ref().map(|_| Readiness::Ready),
+            primary_revision: self.primary_revision.clone(),
+            has_metrics: true,
+            webhook_types: [WebhookType::PostRollout].into_iter().collect(),
+            ..obs("")
+        }
+    }
+
+    fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::EnsurePrimary => {
+                    self.primary_revision
+                        .get_or_insert(self.target_revision.clone());
+                }
+                Action::ScaleTargetUp => self.target_replicas = 1,
+                Action::ScaleTargetToZero => {
+                    assert_eq!(self.routes.canary, 0, "scaled down while serving traffic");
+                    self.target_replicas = 0
+                }
+                Action::SetRoutes(r) => {
+                    if r.canary > 0 {
+                        assert!(
+                            self.target_replicas > 0 && self.canary_healthy,
+                            "traffic sent to a canary that is not ready"
+                        );
+                    }
+                    self.routes = *r
+                }
+                Action::Promote => self.primary_revision = Some(self.target_revision.clone()),
+                Action::RunWebhooks(_) => self.post_rollout_calls += 1,
+                Action::Finalize => {}
+            }
+        }
+    }
+}
+
+/// Runs ticks until the phase settles; returns the trace of (phase, weight).
+fn run(
+    s: &Settings,
+    world: &mut World,
+    st: &mut CanaryStatus,
+    now: &mut DateTime<Utc>,
+) -> Vec<(Phase, u32)> {
+    let mut trace = vec![];
+    for _ in 0..200 {
+        let mut o = world.observe();
+        let d = match step(s, st, &o, *now) {
+            Step::Decided(d) => d,
+            Step::NeedChecks(plan) => {
+                if plan.metrics {
+                    o.checks.metrics = Some(vec![check("request-success-rate", world.metrics)]);
+                }
+                decided(s, st, &o, *now)
+            }
+        };
+        world.apply(&d.actions);
+        *st = d.status;
+        let p = st.phase.unwrap();
+        if trace.last() != Some(&(p, st.canary_weight)) {
+            trace.push((p, st.canary_weight));
+        }
+        *now += chrono::Duration::from_std(d.requeue_after.max(Duration::from_secs(1))).unwrap();
+        if matches!(p, Phase::Succeeded | Phase::Failed | Phase::Initialized)
+            && d.actions.is_empty()
+        {
+            break;
+        }
+    }
+    trace
+}
+
+#[test]
+fn good_release_is_promoted_and_bad_one_rolled_back() {
+    use Phase::*;
+    let s = settings(canary_strategy());
+    let mut world = World {
+        target_revision: "v1".into(),
+        target_replicas: 2,
+        primary_revision: None,
+        routes: Routes::PRIMARY,
+        canary_healthy: true,
+        metrics: Verdict::Pass,
+        post_rollout_calls: 0,
+    };
+    let mut st = CanaryStatus::default();
+    let mut now = t0();
+    let init = run(&s, &mut world, &mut st, &mut now);
+    assert_eq!(init, vec![(Initializing, 0), (Initialized, 0)]);
+    assert_eq!(world.target_replicas, 0);
+
+    world.target_revision = "v2".into();
+    let good = run(&s, &mut world, &mut st, &mut now);
+    assert_eq!(
+        good,
+        vec![
+            (Progressing, 0),
+            (Progressing, 10),
+            (Progressing, 20),
+            (Progressing, 30),
+            (Promoting, 30),
+            (Finalising, 0),
+            (Succeeded, 0)
+        ]
+    );
+    assert_eq!(world.primary_revision.as_deref(), Some("v2"));
+    assert_eq!(world.routes, Routes::PRIMARY);
+    assert_eq!(world.target_replicas, 0);
+    assert_eq!(world.post_rollout_calls, 1);
+
+    world.target_revision = "v3".into();
+    world.metrics = Verdict::Fail;
+    let bad = run(&s, &mut world, &mut st, &mut now);
+    assert_eq!(bad, vec![(Progressing, 0), (Progressing, 10), (Failed, 0)]);
+    assert_eq!(
+        world.primary_revision.as_deref(),
+        Some("v2"),
+        "primary untouched"
+    );
+    assert_eq!(world.routes, Routes::PRIMARY);
+    assert_eq!(world.target_replicas, 0);
+    assert_eq!(st.failed_checks, 2);
+}
+
+#[test]
+fn crashing_canary_never_gets_traffic_and_fails_at_the_deadline() {
+    let s = settings(canary_strategy());
+    let mut world = World {
+        target_revision: "v2".into(),
+        target_replicas: 0,
+        primary_revision: Some("v1".into()),
+        routes: Routes::PRIMARY,
+        canary_healthy: false,
+        metrics: Verdict::Pass,
+        post_rollout_calls: 0,
+    };
+    let mut st = status(Phase::Succeeded, "v1");
+    let mut now = t0();
+    let start = now;
+    let trace = run(&s, &mut world, &mut st, &mut now);
+    assert_eq!(trace, vec![(Phase::Progressing, 0), (Phase::Failed, 0)]);
+    let failed_at = parse_time(st.last_transition_time.as_deref().unwrap()).unwrap();
+    let took = (failed_at - start).num_seconds();
+    assert!(
+        (60..=75).contains(&took),
+        "failed after {took}s, deadline 60s"
+    );
+    assert_eq!(world.primary_revision.as_deref(), Some("v1"));
+}

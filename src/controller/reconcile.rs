@@ -1,0 +1,779 @@
+//! One reconcile: observe (from watch caches), decide (the pure machine), act
+//! (patches), then write the status if it changed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::machine::{
+    self, Action, CheckResults, Decision, Observations, Readiness, Severity, Step,
+};
+use super::status::status_patch;
+use super::workload::{self, Workload, WorkloadKind, Workloads};
+use crate::analysis::{self, AnalysisCtx};
+use crate::crd::{
+    Canary, CanaryStatus, FINALIZER, MetricTemplate, Phase, RETRY_ANNOTATION, Settings, WebhookType,
+};
+use crate::notify::{AlertEvent, Notifier};
+use crate::router::{self, Router, RouterError, RoutingApis};
+use crate::server::{
+    CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, WorkloadLabels,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
+impl ReconcileError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube { .. } => "KubeApiError",
+            ReconcileError::Workload(e) => e.reason(),
+            ReconcileError::Router(e) => e.reason(),
+        }
+    }
+}
+
+/// Watch caches of everything the controller reads.
+#[derive(Clone)]
+pub struct Stores {
+    pub canaries: Store<Canary>,
+    pub deployments: Store<Deployment>,
+    pub daemonsets: Store<DaemonSet>,
+    pub configmaps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+    pub templates: Store<MetricTemplate>,
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub analysis: AnalysisCtx,
+    pub notifier: Notifier,
+    pub workloads: Workloads,
+    pub routing: RoutingApis,
+    pub default_provider: String,
+    /// Set once every watch cache has its first full list.
+    pub synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const FIELD_MANAGER: &str = "serin";
+/// How soon a Canary whose input is broken is looked at again (a spec edit triggers
+/// a reconcile at once through the watch anyway).
+const BROKEN_RETRY: Duration = Duration::from_secs(60);
+
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+    let start = Instant::now();
+    let result = reconcile_inner(&canary, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels {
+                reason: e.reason().to_string(),
+            })
+            .inc();
+        // The user sees the failure where they look: the Ready condition and an Event.
+        let _ = report_not_ready(&canary, &ctx, e.reason(), &e.to_string()).await;
+    }
+    result
+}
+
+pub fn error_policy(canary: Arc<Canary>, err: &ReconcileError, _ctx: Arc<Context>) -> Requeue {
+    warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), error = %err, "reconcile failed");
+    Requeue::requeue(Duration::from_secs(10))
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+fn api(ctx: &Context, ns: &str) -> Api<Canary> {
+    Api::namespaced(ctx.client.clone(), ns)
+}
+
+async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    // Before the caches are full, a missing target or primary may only be unlisted
+    // yet; deciding on that would report errors or recreate what exists.
+    if !ctx.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
+    let ns = canary.namespace_or_default();
+    let name = canary.name_any();
+    let deleting = canary.metadata.deletion_timestamp.is_some();
+    let has_finalizer = canary.finalizers().iter().any(|f| f == FINALIZER);
+    let wants_finalizer = canary.spec.revert_on_deletion.unwrap_or(false);
+
+    if !deleting && wants_finalizer && !has_finalizer {
+        let patch = serde_json::json!({"metadata": {"finalizers": [FINALIZER]}});
+        api(ctx, &ns)
+            .patch(&name, &patch_params(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| ReconcileError::Kube {
+                context: format!("adding finalizer to canary {ns}/{name}"),
+                source,
+            })?;
+        // The patch triggers a new reconcile with the finalizer in place.
+        return Ok(Requeue::await_change());
+    }
+    if deleting && !has_finalizer {
+        return Ok(Requeue::await_change());
+    }
+
+    let settings = match Settings::from_spec(&canary.spec, &ctx.default_provider) {
+        Ok(s) => s,
+        Err(e) => {
+            if deleting {
+                remove_finalizer(canary, ctx).await?;
+                return Ok(Requeue::await_change());
+            }
+            report_not_ready(canary, ctx, "InvalidSpec", &e.to_string()).await?;
+            return Ok(Requeue::requeue(BROKEN_RETRY));
+        }
+    };
+
+    let Some(target) = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name())
+    else {
+        if deleting {
+            remove_finalizer(canary, ctx).await?;
+            return Ok(Requeue::await_change());
+        }
+        let msg = format!(
+            "{} {ns}/{} not found",
+            canary.spec.target_ref.kind,
+            canary.target_name()
+        );
+        report_not_ready(canary, ctx, "TargetNotFound", &msg).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    };
+
+    if let Some(owner) = other_canary_for_target(canary, &ctx.stores.canaries) {
+        let msg = format!(
+            "{} {ns}/{} is already managed by Canary {owner}; one Canary per target",
+            canary.spec.target_ref.kind,
+            canary.target_name()
+        );
+        report_not_ready(canary, ctx, "DuplicateTarget", &msg).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    }
+
+    if let Some(missing) = missing_template(canary, &ctx.stores.templates) {
+        report_not_ready(canary, ctx, "MetricTemplateNotFound", &missing).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    }
+
+    if let Err(e) = workload::check_autoscaler_ref(canary) {
+        report_not_ready(canary, ctx, e.reason(), &e.to_string()).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    }
+    let inputs = workload::service_inputs(&target)?;
+    let configs = config_snapshot(&ctx.stores, &target, &ns)?;
+    let tracked = workload::tracked_configs(&target, &configs)?;
+    let checksum = workload::revision_checksum(&target, &tracked)?;
+    let primary = find_workload(
+        ctx,
+        &canary.spec.target_ref.kind,
+        &ns,
+        &canary.primary_name(),
+    );
+
+    let router = router::router_for(settings.provider, ctx.client.clone(), &ctx.routing);
+    let status = canary.status_or_default();
+    let generation = canary.metadata.generation;
+    let routing_stale = status.observed_generation != generation
+        || matches!(status.phase, None | Some(Phase::Initializing))
+        || status.last_applied_spec.as_deref() != Some(checksum.as_str());
+    if routing_stale && !deleting {
+        router.reconcile(canary, &inputs).await?;
+    }
+
+    let primary_revision = primary
+        .as_ref()
+        .and_then(|p| p.template().ok())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(workload::REVISION_ANNOTATION))
+        .cloned();
+    let webhook_types: BTreeSet<WebhookType> = canary
+        .spec
+        .analysis
+        .iter()
+        .flat_map(|a| a.webhooks.iter().flatten())
+        .map(|w| w.kind())
+        .collect();
+    let mut obs = Observations {
+        target_checksum: checksum.clone(),
+        tracked_configs: tracked.checksums().clone(),
+        canary: to_readiness(workload::readiness(
+            &target,
+            settings.canary_ready_threshold,
+        )),
+        primary: primary
+            .as_ref()
+            .map(|p| to_readiness(workload::readiness(p, settings.primary_ready_threshold))),
+        primary_revision,
+        retry: canary.annotations().get(RETRY_ANNOTATION).cloned(),
+        deleting,
+        has_metrics: canary
+            .spec
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.metrics.as_ref().is_some_and(|m| !m.is_empty())),
+        webhook_types,
+        checks: CheckResults::default(),
+    };
+
+    let now = Utc::now();
+    let mut decision = None;
+    // Each round answers what the machine asked for; a gate's answer can lead it to
+    // ask for one more, so allow a few rounds.
+    for _ in 0..4 {
+        match machine::step(&settings, &status, &obs, now) {
+            Step::Decided(d) => {
+                decision = Some(d);
+                break;
+            }
+            Step::NeedChecks(plan) => {
+                let phase = status.phase.unwrap_or(Phase::Initializing);
+                for kind in plan.gates {
+                    let results = analysis::run_webhooks(&ctx.analysis, canary, kind, phase).await;
+                    obs.checks.gates.insert(kind, results);
+                }
+                if plan.metrics {
+                    obs.checks.metrics =
+                        Some(analysis::run_metric_checks(&ctx.analysis, canary, &settings).await);
+                }
+            }
+        }
+    }
+    let Some(mut decision) = decision else {
+        warn!(canary = %name, namespace = %ns, "state machine did not settle");
+        return Ok(Requeue::requeue(settings.interval));
+    };
+
+    act(
+        canary,
+        ctx,
+        &decision,
+        &*router,
+        &target,
+        primary.as_ref(),
+        &tracked,
+        &configs,
+        &settings,
+    )
+    .await?;
+
+    decision.status.observed_generation = generation;
+    if !deleting {
+        machine::set_condition(
+            &mut decision.status.conditions,
+            machine::CONDITION_READY,
+            true,
+            "Reconciled",
+            "The Canary and its objects are reconciled",
+            now,
+        );
+    }
+    if !deleting {
+        match router.verify(canary).await {
+            Ok(router::RouteStatus::Accepted) => decision.status.router_message = None,
+            Ok(router::RouteStatus::Unknown(m)) | Ok(router::RouteStatus::NotAccepted(m)) => {
+                decision.status.router_message = Some(m)
+            }
+            Err(e) => decision.status.router_message = Some(e.to_string()),
+        }
+    }
+    write_status(canary, ctx, &status, &decision.status).await?;
+    publish(canary, ctx, &decision).await;
+    record_metrics(canary, ctx, &status, &decision.status, &settings);
+
+    if deleting
+        && (!settings.revert_on_deletion
+            || matches!(decision.status.phase, Some(Phase::Terminated)))
+    {
+        remove_finalizer(canary, ctx).await?;
+        return Ok(Requeue::await_change());
+    }
+    debug!(canary = %name, namespace = %ns, phase = ?decision.status.phase, weight = decision.status.canary_weight, "reconciled");
+    Ok(Requeue::requeue(decision.requeue_after))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    canary: &Canary,
+    ctx: &Context,
+    decision: &Decision,
+    router: &dyn Router,
+    target: &Workload,
+    primary: Option<&Workload>,
+    tracked: &workload::TrackedConfigs,
+    configs: &workload::ConfigSnapshot,
+    settings: &Settings,
+) -> Result<(), ReconcileError> {
+    for action in &decision.actions {
+        debug!(canary = %canary.name_any(), ?action, "acting");
+        match action {
+            Action::EnsurePrimary => {
+                ctx.workloads
+                    .ensure_primary(canary, target, primary, tracked, configs)
+                    .await?;
+                ensure_autoscaler(canary, ctx).await?;
+            }
+            Action::ScaleTargetUp => {
+                let hpa_min = user_hpa(canary, ctx)
+                    .await?
+                    .as_ref()
+                    .and_then(workload::hpa_min_replicas);
+                let replicas = workload::desired_target_replicas(primary, hpa_min);
+                ctx.workloads.scale_target(canary, target, replicas).await?;
+            }
+            Action::ScaleTargetToZero => {
+                // Refused (an error, so the tick is retried) while no primary serves.
+                ctx.workloads
+                    .scale_target_to_zero(canary, target, primary, settings.primary_ready_threshold)
+                    .await?;
+            }
+            Action::SetRoutes(routes) => router.set_routes(canary, *routes).await?,
+            Action::Promote => {
+                if let Some(p) = primary {
+                    ctx.workloads
+                        .promote(canary, target, p, tracked, configs)
+                        .await?;
+                } else {
+                    ctx.workloads
+                        .ensure_primary(canary, target, None, tracked, configs)
+                        .await?;
+                }
+                ensure_autoscaler(canary, ctx).await?;
+            }
+            Action::RunWebhooks(kind) => {
+                let phase = decision.status.phase.unwrap_or(Phase::Succeeded);
+                for r in analysis::run_webhooks(&ctx.analysis, canary, *kind, phase).await {
+                    if r.verdict != crate::crd::Verdict::Pass {
+                        warn!(canary = %canary.name_any(), webhook = %r.name, message = ?r.message, "{} webhook failed", kind.as_str());
+                    }
+                }
+            }
+            Action::Finalize => {
+                router.finalize(canary).await?;
+                let hpa_min = user_hpa(canary, ctx)
+                    .await?
+                    .as_ref()
+                    .and_then(workload::hpa_min_replicas);
+                ctx.workloads
+                    .revert_target(canary, target, primary, hpa_min)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ConfigMaps and Secrets the target references, from the watch caches.
+fn config_snapshot(
+    stores: &Stores,
+    target: &Workload,
+    ns: &str,
+) -> Result<workload::ConfigSnapshot, ReconcileError> {
+    let mut snap = workload::ConfigSnapshot::default();
+    for r in workload::config_refs(target.template()?) {
+        match r.kind {
+            workload::ConfigKind::ConfigMap => {
+                if let Some(cm) = stores.configmaps.get(&ObjectRef::new(&r.name).within(ns)) {
+                    snap.insert_configmap((*cm).clone());
+                }
+            }
+            workload::ConfigKind::Secret => {
+                if let Some(s) = stores.secrets.get(&ObjectRef::new(&r.name).within(ns)) {
+                    snap.insert_secret((*s).clone());
+                }
+            }
+        }
+    }
+    Ok(snap)
+}
+
+/// The user's HPA named by `autoscalerRef`. Read only when an action needs it
+/// (a release starting, a promotion), not every step, so it is not watched.
+async fn user_hpa(
+    canary: &Canary,
+    ctx: &Context,
+) -> Result<Option<kube::api::DynamicObject>, ReconcileError> {
+    let Some(r) = workload::check_autoscaler_ref(canary)? else {
+        return Ok(None);
+    };
+    get_hpa(ctx, &canary.namespace_or_default(), &r.name).await
+}
+
+async fn get_hpa(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<kube::api::DynamicObject>, ReconcileError> {
+    let ar = ctx.workloads.hpa_version().api_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    api.get_opt(name).await.map_err(|source| ReconcileError::Kube {
+        context: format!("reading HorizontalPodAutoscaler {ns}/{name}"),
+        source,
+    })
+}
+
+async fn ensure_autoscaler(canary: &Canary, ctx: &Context) -> Result<(), ReconcileError> {
+    let Some(r) = workload::check_autoscaler_ref(canary)? else {
+        return Ok(());
+    };
+    let ns = canary.namespace_or_default();
+    let user = get_hpa(ctx, &ns, &r.name).await?;
+    let primary = get_hpa(ctx, &ns, &workload::primary_hpa_name(r)).await?;
+    ctx.workloads
+        .ensure_autoscaler(canary, user.as_ref(), primary.as_ref())
+        .await?;
+    Ok(())
+}
+
+fn to_readiness(r: workload::Readiness) -> Readiness {
+    match r {
+        workload::Readiness::Ready => Readiness::Ready,
+        workload::Readiness::NotReady(m) => Readiness::NotReady(m),
+        workload::Readiness::Failed(m) => Readiness::Failed(m),
+    }
+}
+
+fn find_workload(ctx: &Context, kind: &str, ns: &str, name: &str) -> Option<Workload> {
+    match WorkloadKind::parse(kind).ok()? {
+        WorkloadKind::Deployment => ctx
+            .stores
+            .deployments
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|d| Workload::Deployment((*d).clone())),
+        WorkloadKind::DaemonSet => ctx
+            .stores
+            .daemonsets
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|d| Workload::DaemonSet((*d).clone())),
+    }
+}
+
+/// The Canary that owns the target when another one claims it too: the oldest wins,
+/// so that a second Canary cannot take over a running release.
+fn other_canary_for_target(canary: &Canary, store: &Store<Canary>) -> Option<String> {
+    let key = |c: &Canary| {
+        (
+            c.metadata.creation_timestamp.clone().map(|t| t.0),
+            c.name_any(),
+        )
+    };
+    store
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace() == canary.namespace()
+                && c.name_any() != canary.name_any()
+                && c.spec.target_ref.kind == canary.spec.target_ref.kind
+                && c.spec.target_ref.name == canary.spec.target_ref.name
+                && c.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|c| key(c) < key(canary))
+        .map(|c| c.name_any())
+        .min()
+}
+
+fn missing_template(canary: &Canary, store: &Store<MetricTemplate>) -> Option<String> {
+    let ns = canary.namespace_or_default();
+    for m in canary
+        .spec
+        .analysis
+        .iter()
+        .flat_map(|a| a.metrics.iter().flatten())
+    {
+        if let Some(r) = &m.template_ref {
+            let tns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+            if store.get(&ObjectRef::new(&r.name).within(&tns)).is_none() {
+                return Some(format!(
+                    "metric {}: MetricTemplate {tns}/{} not found",
+                    m.name, r.name
+                ));
+            }
+        }
+    }
+    None
+}
+
+async fn remove_finalizer(canary: &Canary, ctx: &Context) -> Result<(), ReconcileError> {
+    let ns = canary.namespace_or_default();
+    let name = canary.name_any();
+    let kept: Vec<String> = canary
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": kept}});
+    match api(ctx, &ns)
+        .patch(&name, &patch_params(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(ReconcileError::Kube {
+            context: format!("removing finalizer from canary {ns}/{name}"),
+            source,
+        }),
+    }
+}
+
+async fn write_status(
+    canary: &Canary,
+    ctx: &Context,
+    old: &CanaryStatus,
+    new: &CanaryStatus,
+) -> Result<(), ReconcileError> {
+    let Some(patch) = status_patch(canary.status.as_ref().map(|_| old), new) else {
+        return Ok(());
+    };
+    let ns = canary.namespace_or_default();
+    let name = canary.name_any();
+    match api(ctx, &ns)
+        .patch_status(&name, &patch_params(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(ReconcileError::Kube {
+            context: format!("writing status of canary {ns}/{name}"),
+            source,
+        }),
+    }
+}
+
+/// Sets `Ready=False` with `reason` and records an Event, once per distinct message.
+async fn report_not_ready(
+    canary: &Canary,
+    ctx: &Context,
+    reason: &'static str,
+    message: &str,
+) -> Result<(), ReconcileError> {
+    let old = canary.status_or_default();
+    let mut new = old.clone();
+    machine::set_condition(
+        &mut new.conditions,
+        machine::CONDITION_READY,
+        false,
+        reason,
+        message,
+        Utc::now(),
+    );
+    new.observed_generation = canary.metadata.generation;
+    if new.conditions == old.conditions {
+        return Ok(());
+    }
+    warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), reason, message, "canary not ready");
+    write_status(canary, ctx, &old, &new).await?;
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(truncate(message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &canary.object_ref(&())).await {
+        warn!(error = %e, "cannot record event");
+    }
+    Ok(())
+}
+
+async fn publish(canary: &Canary, ctx: &Context, decision: &Decision) {
+    for e in &decision.events {
+        info!(canary = %canary.name_any(), namespace = ?canary.namespace(), reason = e.reason, "{}", e.message);
+        let ev = KubeEvent {
+            type_: if e.severity >= Severity::Warn {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.to_string(),
+            note: Some(truncate(&e.message, 1000)),
+            action: "Analysis".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &canary.object_ref(&())).await {
+            warn!(error = %err, "cannot record event");
+        }
+        let phase = decision.status.phase.unwrap_or(Phase::Initializing);
+        let event_type = if e.severity >= Severity::Warn {
+            "Warning"
+        } else {
+            "Normal"
+        };
+        for d in analysis::send_event(&ctx.analysis, canary, phase, &e.message, event_type).await {
+            if let Err(err) = d.result {
+                warn!(canary = %canary.name_any(), webhook = %d.name, error = %err, "event webhook failed");
+            }
+        }
+        if e.alert {
+            let failed_check = decision
+                .status
+                .last_analysis
+                .iter()
+                .find(|c| c.verdict == crate::crd::Verdict::Fail)
+                .filter(|c| !analysis::is_alert_muted(canary, c))
+                .cloned();
+            let alert = AlertEvent {
+                severity: e.severity,
+                phase,
+                message: format!(
+                    "{}.{}: {}",
+                    canary.name_any(),
+                    canary.namespace_or_default(),
+                    e.message
+                ),
+                failed_check,
+            };
+            if let Err(err) = ctx.notifier.notify(canary, &alert).await {
+                warn!(canary = %canary.name_any(), error = %err, "alert not delivered");
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn record_metrics(
+    canary: &Canary,
+    ctx: &Context,
+    old: &CanaryStatus,
+    new: &CanaryStatus,
+    settings: &Settings,
+) {
+    let ns = canary.namespace_or_default();
+    let labels = CanaryLabels {
+        name: canary.name_any(),
+        namespace: ns.clone(),
+    };
+    let m = &ctx.metrics;
+    let code = match new.phase {
+        Some(Phase::Succeeded | Phase::Initialized) => 1,
+        Some(Phase::Failed) => 2,
+        _ => 0,
+    };
+    m.canary_status.get_or_create(&labels).set(code);
+    m.canary_weight
+        .get_or_create(&WorkloadLabels {
+            workload: canary.target_name().to_string(),
+            namespace: ns.clone(),
+        })
+        .set(new.canary_weight as i64);
+    m.canary_weight
+        .get_or_create(&WorkloadLabels {
+            workload: canary.primary_name(),
+            namespace: ns.clone(),
+        })
+        .set(100 - new.canary_weight.min(100) as i64);
+    for c in &new.last_analysis {
+        if let Some(v) = c.value {
+            m.metric_analysis
+                .get_or_create(&MetricLabels {
+                    name: canary.name_any(),
+                    namespace: ns.clone(),
+                    metric: c.name.clone(),
+                })
+                .set(v);
+        }
+    }
+    if new.phase != old.phase {
+        let strategy = match settings.strategy {
+            crate::crd::Strategy::Canary { .. } => "canary",
+            crate::crd::Strategy::AbTesting { .. } => "ab-testing",
+            crate::crd::Strategy::BlueGreen { .. } => "blue-green",
+        };
+        let outcome = OutcomeLabels {
+            name: canary.name_any(),
+            namespace: ns,
+            deployment_strategy: strategy.into(),
+        };
+        let started = old
+            .last_transition_time
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        match new.phase {
+            Some(Phase::Succeeded) => {
+                m.successes.get_or_create(&outcome).inc();
+            }
+            Some(Phase::Failed) => {
+                m.failures.get_or_create(&outcome).inc();
+            }
+            _ => {}
+        }
+        if matches!(new.phase, Some(Phase::Succeeded | Phase::Failed))
+            && let Some(t) = started
+        {
+            let secs = (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0;
+            m.canary_duration
+                .get_or_create(&labels)
+                .observe(secs.max(0.0));
+        }
+    }
+}
+
+/// Maps a watched object to the Canaries that must look at it: those in its
+/// namespace whose target (or its primary) it is.
+pub fn canaries_for_workload(
+    store: &Store<Canary>,
+    ns: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<Canary>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace() == ns)
+        .filter(|c| c.target_name() == name || c.primary_name() == name)
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
+
+/// ConfigMaps and Secrets can be referenced by any Canary's target in their namespace.
+pub fn canaries_in_namespace(store: &Store<Canary>, ns: Option<String>) -> Vec<ObjectRef<Canary>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace() == ns)
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
