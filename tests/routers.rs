@@ -1053,46 +1053,89 @@ async fn wait_endpoints(client: &kube::Client, ns: &str, svc: &str) {
     panic!("Service {ns}/{svc} has no ready endpoints after 60s");
 }
 
-/// Sends `n` requests with `Host: host`; returns the share (percent) answered by v2,
-/// or `None` when any request failed (route not programmed yet).
-async fn canary_share(gateway: &str, host: &str, n: usize) -> Option<f64> {
-    let http = reqwest::Client::builder()
+/// What `n` requests with `Host: host` through the gateway got.
+#[derive(Debug, Default)]
+struct Sample {
+    v1: usize,
+    v2: usize,
+    /// Requests not answered 200 by v1 or v2, with the first few reasons.
+    failed: usize,
+    reasons: Vec<String>,
+}
+
+impl Sample {
+    /// Percent of answered requests that the canary (v2) answered.
+    fn share(&self) -> f64 {
+        let answered = self.v1 + self.v2;
+        if answered == 0 {
+            0.0
+        } else {
+            self.v2 as f64 * 100.0 / answered as f64
+        }
+    }
+}
+
+async fn sample(gateway: &str, host: &str, n: usize) -> Sample {
+    let mut out = Sample::default();
+    let http = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()
-        .ok()?;
-    let mut v2 = 0usize;
-    for _ in 0..n {
-        let r = http.get(gateway).header("Host", host).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.failed = n;
+            out.reasons.push(format!("client: {e}"));
+            return out;
         }
-        match r.headers().get("x-version").and_then(|v| v.to_str().ok()) {
-            Some("v2") => v2 += 1,
-            Some("v1") => {}
-            _ => return None,
+    };
+    for _ in 0..n {
+        let why = match http.get(gateway).header("Host", host).send().await {
+            Err(e) => format!("request: {e}"),
+            Ok(r) if !r.status().is_success() => format!("status {}", r.status()),
+            Ok(r) => match r.headers().get("x-version").and_then(|v| v.to_str().ok()) {
+                Some("v2") => {
+                    out.v2 += 1;
+                    continue;
+                }
+                Some("v1") => {
+                    out.v1 += 1;
+                    continue;
+                }
+                other => format!("x-version {other:?}"),
+            },
+        };
+        out.failed += 1;
+        if out.reasons.len() < 3 {
+            out.reasons.push(why);
         }
     }
-    Some(v2 as f64 * 100.0 / n as f64)
+    out
 }
 
-/// Polls (the gateway applies changes within seconds) until 500 requests give a canary
-/// share within ±5 points of `weight`; fails after 30s.
+/// Polls (the gateway applies changes within seconds) until 500 requests, all answered,
+/// give a canary share within ±5 points of `weight`; then 500 more must too (the first
+/// passing sample may straddle the configuration change).
 async fn assert_share(gateway: &str, host: &str, weight: u32) {
-    let mut last = None;
+    let ok = |s: &Sample| s.failed == 0 && (s.share() - weight as f64).abs() <= 5.0;
+    let mut last = Sample::default();
     for _ in 0..30 {
-        last = canary_share(gateway, host, 500).await;
-        if let Some(s) = last
-            && (s - weight as f64).abs() <= 5.0
-        {
+        last = sample(gateway, host, 500).await;
+        if ok(&last) {
+            let settled = sample(gateway, host, 500).await;
+            assert!(
+                ok(&settled),
+                "{host}: canary weight {weight}: {settled:?} after {last:?}"
+            );
             eprintln!(
-                "{host}: canary weight {weight}: {s:.1}% of 500 requests answered by the canary"
+                "{host}: canary weight {weight}: {:.1}% of 500 requests answered by the canary",
+                settled.share()
             );
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    panic!("{host}: canary weight {weight} but the canary answered {last:?}% of requests");
+    panic!("{host}: canary weight {weight} but got {last:?}");
 }
 
 async fn data_plane_setup(name: &str) -> Option<(kube::Client, DataPlane, String, RoutingApis)> {
