@@ -604,35 +604,21 @@ pub fn render_route_spec(
                     timeouts: timeouts.clone(),
                 });
             }
-        } else if let Some(prev) = status
-            .previous_session_affinity_cookie
-            .or(status.session_affinity_cookie)
-            .filter(|c| !c.is_empty())
-        {
-            // The run is over: sessions that still carry its cookie go to the primary,
-            // and the cookie is expired.
+        } else {
+            // No canary traffic: sessions carrying the run's cookie (the previous one
+            // recorded in the status, else this revision's) go to the primary and the
+            // cookie is expired.
+            let prev = status
+                .previous_session_affinity_cookie
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| session_cookie(canary, sa));
             let mut primary_ref = service_ref(&primary, port, Some(100));
-            primary_ref.filters.push(Filter {
-                r#type: "ResponseHeaderModifier".into(),
-                response_header_modifier: Some(HeaderFilter {
-                    add: vec![Header {
-                        name: "Set-Cookie".into(),
-                        value: build_set_cookie(&prev, sa, -1),
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            let cookie_match = RouteMatch {
-                headers: vec![NamedMatch {
-                    r#type: "RegularExpression".into(),
-                    name: "Cookie".into(),
-                    value: cookie_regex(&prev),
-                }],
-                ..Default::default()
-            };
+            primary_ref
+                .filters
+                .push(set_cookie_filter(build_set_cookie(&prev, sa, -1)));
             rules.push(Rule {
-                matches: merge(&cookie_match, &matches),
+                matches: merge(&cookie_match(&prev), &matches),
                 filters: filters.clone(),
                 backend_refs: vec![primary_ref],
                 timeouts: timeouts.clone(),
@@ -1614,6 +1600,37 @@ mod tests {
         );
         // Neither sticky rule is read as the split.
         assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(30));
+    }
+
+    #[test]
+    fn without_status_cookies_the_revision_cookie_is_used_and_expired() {
+        let mut c = canary();
+        let sa = SessionAffinity {
+            cookie_name: "c".into(),
+            ..Default::default()
+        };
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(sa.clone()),
+            ..Default::default()
+        });
+        let cookie = session_cookie(&c, &sa);
+        let during =
+            serde_json::to_value(render_route_spec(&c, Routes::weighted(20), opts()).unwrap())
+                .unwrap();
+        assert_eq!(
+            during["rules"][0]["matches"][0]["headers"][0]["value"],
+            cookie_regex(&cookie)
+        );
+        let after =
+            serde_json::to_value(render_route_spec(&c, Routes::PRIMARY, opts()).unwrap()).unwrap();
+        assert_eq!(
+            after["rules"][0]["matches"][0]["headers"][0]["value"],
+            cookie_regex(&cookie)
+        );
+        assert_eq!(
+            after["rules"][0]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            format!("{cookie}; Max-Age=-1")
+        );
     }
 
     #[test]

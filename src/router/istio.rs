@@ -353,11 +353,15 @@ pub fn render_virtual_service_spec(
                     ..weighted_route.clone()
                 });
             }
-        } else if let Some(prev) = status
-            .previous_session_affinity_cookie
-            .or(status.session_affinity_cookie)
-            .filter(|c| !c.is_empty())
-        {
+        } else {
+            // No canary traffic: sessions carrying the run's cookie (the previous one
+            // recorded in the status, else this revision's) go to the primary and the
+            // cookie is expired.
+            let prev = status
+                .previous_session_affinity_cookie
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| session_cookie(canary, sa));
             let mut to_primary = destination(canary, &primary, 100)?;
             to_primary.headers = Some(set_cookie_headers(build_set_cookie(&prev, sa, -1)));
             http.push(HttpRoute {
