@@ -1,0 +1,13 @@
+.PHONY: demo test crds
+
+# Local end-to-end demo on the local cluster (needs root; first run builds Kubernetes).
+demo:
+	e2e/demo.sh
+
+# Every test: unit, end-to-end on the local cluster, fmt and clippy. CI runs this.
+test:
+	e2e/test.sh
+
+# Regenerate crds/ from the Rust types.
+crds:
+	cargo run -q -- crds > crds/serin.yaml

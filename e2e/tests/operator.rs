@@ -1,0 +1,441 @@
+//! End-to-end tests of the operator on the local cluster: real API server, real pods
+//! (processes), real Traefik carrying the traffic and real Prometheus metrics. The
+//! operator runs as its own ServiceAccount with the RBAC from `kustomize/rbac`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::Client;
+use serde_json::{Value, json};
+use serin_e2e::load::{self, LoadSpec};
+use serin_e2e::operator::Operator;
+use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, wait_for};
+
+fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
+        "canaries",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
+    let c = api.get(name).await.with_context(|| format!("get canary {name}"))?;
+    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
+}
+
+fn phase(s: &Value) -> &str {
+    s.get("phase").and_then(Value::as_str).unwrap_or("")
+}
+
+fn weight(s: &Value) -> u64 {
+    s.get("canaryWeight").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Waits for `want`, recording every phase seen on the way; fails early on a
+/// different terminal phase.
+async fn wait_phase(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+    op: &Operator,
+    seen: &mut BTreeSet<String>,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(api, name).await?;
+        let p = phase(&s).to_string();
+        seen.insert(p.clone());
+        if p == want {
+            return Ok(s);
+        }
+        let terminal = ["Succeeded", "Failed"];
+        if terminal.contains(&p.as_str()) && terminal.contains(&want) && seen.contains("Progressing") {
+            bail!(
+                "canary {name} reached {p}, wanted {want}; status {s}\noperator log:\n{}",
+                op.log_tail(40)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "canary {name}: no {want} within {timeout:?}; last status {s}\noperator log:\n{}",
+                op.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The version each ready pod of `selector` answers with, asked at its pod IP.
+async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let mut out = Vec::new();
+    for pod in list_pods(client, ns, selector).await? {
+        if !serin_e2e::pod_ready(&pod) {
+            continue;
+        }
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let v: Value = http.get(format!("http://{ip}:8080/version")).send().await?.json().await?;
+        out.push(v.get("version").and_then(Value::as_str).unwrap_or("?").to_string());
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns).get(name).await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+/// Rolls the Deployment to a new pod template (a new revision).
+async fn release(client: &Client, app: &SampleApp) -> Result<()> {
+    let d = app.deployment()?;
+    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
+    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .patch(
+            &app.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn events_for(client: &Client, ns: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+    let evs = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    Ok(evs
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Blue/green with the `kubernetes` provider: a good revision is promoted (the apex
+/// Service switches to the new pods, then back to the updated primary), a crashing
+/// one fails at the progress deadline with the primary untouched and serving.
+#[tokio::test]
+async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("kubernetes_blue_green") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-bg").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "app", "namespace": ns.name},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                "progressDeadlineSeconds": 20,
+                "service": {"port": 80, "targetPort": 8080},
+                "analysis": {"interval": "3s", "threshold": 1, "iterations": 2}
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(&api, "app", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
+    assert_eq!(replicas(&client, &ns.name, "app").await?, 0, "target scaled to 0");
+    assert_eq!(pod_versions(&client, &ns.name, "app=app-primary").await?, ["v1", "v1"]);
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name).get("app").await?;
+    assert_eq!(
+        svc.spec.and_then(|s| s.selector).and_then(|s| s.get("app").cloned()).as_deref(),
+        Some("app-primary")
+    );
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    // Watch the apex selector while promoting: blue/green switches it to the canary.
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    let mut apex_targets = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let s = status(&api, "app").await?;
+        seen.insert(phase(&s).to_string());
+        if let Some(sel) = services.get("app").await?.spec.and_then(|s| s.selector) {
+            apex_targets.extend(sel.get("app").cloned());
+        }
+        if phase(&s) == "Succeeded" {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("no promotion: {s}\n{}", op.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(seen.contains("Progressing") && seen.contains("Promoting"), "{seen:?}");
+    assert!(
+        apex_targets.contains("app") && apex_targets.contains("app-primary"),
+        "apex should have switched to the canary pods and back: {apex_targets:?}"
+    );
+    assert_eq!(done["lastPromotedSpec"], done["lastAppliedSpec"]);
+    wait_for("primary on v2", Duration::from_secs(30), || async {
+        let v = pod_versions(&client, &ns.name, "app=app-primary").await?;
+        Ok((v == ["v2", "v2"]).then_some(()))
+    })
+    .await?;
+    assert_eq!(replicas(&client, &ns.name, "app").await?, 0);
+
+    app = app.version("v3").env("CRASH", "1");
+    release(&client, &app).await?;
+    let started = Instant::now();
+    let failed = wait_phase(&api, "app", "Failed", Duration::from_secs(90), &op, &mut seen).await?;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(20), "failed after {took:?}, before the 20s deadline");
+    assert_eq!(pod_versions(&client, &ns.name, "app=app-primary").await?, ["v2", "v2"], "primary untouched");
+    wait_for("target at 0", Duration::from_secs(20), || async {
+        Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(weight(&failed), 0);
+    let evs = events_for(&client, &ns.name, "app").await?;
+    assert!(
+        evs.iter().any(|(t, r, m)| t == "Warning" && r == "Failed" && m.contains("not ready within 20s")),
+        "{evs:?}"
+    );
+    let metrics = op.metrics().await?;
+    let line = format!("serin_canary_status{{name=\"app\",namespace=\"{}\"}} 2", ns.name);
+    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Share of `report`'s answers that came from `version`, in percent.
+fn share(report: &load::LoadReport, version: &str) -> f64 {
+    100.0 * report.version_share(version)
+}
+
+/// Weighted canary through the Gateway API on Traefik: at every step the share of
+/// real requests answered by the canary is within ±5 points of its weight; a good
+/// release is promoted on Traefik's real success-rate metrics, a release answering
+/// 30% errors is rolled back and all traffic returns to the primary.
+#[tokio::test]
+async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("gateway_api_canary") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-gw").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let mut app = SampleApp::new(&ns.name, "web", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": ns.name},
+            "spec": {
+                "provider": "gatewayapi:v1",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "progressDeadlineSeconds": 60,
+                "service": {
+                    "port": 8080,
+                    "hosts": [host],
+                    "gatewayRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}]
+                },
+                "analysis": {
+                    "interval": "12s", "threshold": 1, "stepWeights": [20, 50],
+                    "metrics": [{
+                        "name": "request-success-rate",
+                        "interval": "10s",
+                        "thresholdRange": {"min": 95}
+                    }]
+                }
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
+    let url = format!("{}/", env.gateway);
+    serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
+
+    // Background load so the success-rate metric has data at every step.
+    let bg_spec = LoadSpec::new(&url).host(&host).rate(20.0).duration(Duration::from_secs(200));
+    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let mut checked = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let s = status(&api, "web").await?;
+        let w = weight(&s);
+        seen.insert(phase(&s).to_string());
+        if phase(&s) == "Succeeded" {
+            break;
+        }
+        if phase(&s) == "Failed" {
+            bail!("good release failed: {s}\n{}", op.log_tail(40));
+        }
+        if phase(&s) == "Progressing" && w > 0 && !checked.contains(&w) {
+            // Traefik picks up route changes within ~2 s.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let report = load::run(&LoadSpec::new(&url).host(&host).requests(500, 250.0)).await?;
+            let after = status(&api, "web").await?;
+            if weight(&after) == w && phase(&after) == "Progressing" {
+                let got = share(&report, "v2");
+                assert!(
+                    (got - w as f64).abs() <= 5.0,
+                    "at weight {w} the canary answered {got:.1}% of {} requests",
+                    report.responses
+                );
+                checked.insert(w);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no promotion in time: {s}\n{}", op.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(checked, BTreeSet::from([20, 50]), "both steps measured");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
+    assert_eq!(after.count("v2"), after.responses, "all traffic on the promoted primary");
+
+    app = app.version("v3").env("ERROR_RATE", "0.3");
+    release(&client, &app).await?;
+    let failed = wait_phase(&api, "web", "Failed", Duration::from_secs(120), &op, &mut seen).await?;
+    let checks = failed["lastAnalysis"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks.iter().any(|c| c["name"] == "request-success-rate" && c["verdict"] == "Fail"),
+        "rolled back for the success rate: {failed}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
+    assert_eq!(back.count("v2"), back.responses, "all traffic back on the primary: {back:?}");
+    bg.abort();
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Broken Canaries are reported where users look (Ready=False with a reason, and an
+/// Event), create nothing, and do not stop the operator from reconciling others.
+#[tokio::test]
+async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("bad_input") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-bad").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    SampleApp::new(&ns.name, "good", &env.sample_app_command())
+        .deploy(&client)
+        .await?;
+    let canary = |name: &str, target: &str, analysis: Value, provider: &str| {
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {
+                "provider": provider,
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                "service": {"port": 80, "targetPort": 8080},
+                "analysis": analysis
+            }
+        })
+    };
+    let bg = json!({"interval": "5s", "iterations": 1});
+    let cases = [
+        ("ghost", canary("ghost", "missing", bg.clone(), "kubernetes"), "TargetNotFound", "not found"),
+        (
+            "badint",
+            canary("badint", "good", json!({"interval": "soon", "iterations": 1}), "kubernetes"),
+            "InvalidSpec",
+            "spec.analysis.interval",
+        ),
+        (
+            "weights",
+            canary("weights", "good", json!({"interval": "5s", "stepWeights": [50, 20]}), "istio"),
+            "InvalidSpec",
+            "must increase",
+        ),
+        ("envoy", canary("envoy", "good", bg.clone(), "envoy"), "InvalidSpec", "\"envoy\" is not supported"),
+        (
+            "notemplate",
+            canary(
+                "notemplate",
+                "good",
+                json!({"interval": "5s", "iterations": 1,
+                       "metrics": [{"name": "x", "templateRef": {"name": "nope"}, "thresholdRange": {"min": 1}}]}),
+                "kubernetes",
+            ),
+            "MetricTemplateNotFound",
+            "MetricTemplate",
+        ),
+    ];
+    for (_, obj, _, _) in &cases {
+        apply_json(&client, obj.clone()).await?;
+    }
+    apply_json(&client, canary("good", "good", bg.clone(), "kubernetes")).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(&api, "good", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
+
+    // A second Canary for the same target is refused; the first keeps it.
+    apply_json(&client, canary("dup", "good", bg, "kubernetes")).await?;
+    let all = cases
+        .iter()
+        .map(|(n, _, r, m)| (n.to_string(), r.to_string(), m.to_string()))
+        .chain([("dup".to_string(), "DuplicateTarget".to_string(), "already managed by Canary good".to_string())]);
+    for (name, reason, needle) in all {
+        let cond = wait_for(&format!("{name} Ready=False"), Duration::from_secs(30), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let s = status(&api, &name).await?;
+                Ok(s["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready" && c["status"] == "False"))
+                    .cloned())
+            }
+        })
+        .await?;
+        assert_eq!(cond["reason"], reason.as_str(), "{name}: {cond}");
+        let msg = cond["message"].as_str().unwrap_or("");
+        assert!(msg.contains(&needle), "{name}: {msg:?} should contain {needle:?}");
+        assert!(!msg.contains('\n'), "one line");
+        let evs = events_for(&client, &ns.name, &name).await?;
+        assert!(evs.iter().any(|(t, r, _)| t == "Warning" && r == &reason), "{name}: {evs:?}");
+    }
+    // Nothing was created for the broken ones; the user's Deployment is untouched
+    // apart from being scaled down by its own (good) Canary.
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns.name).list(&Default::default()).await?;
+    let names: BTreeSet<String> = svcs.items.into_iter().filter_map(|s| s.metadata.name).collect();
+    assert_eq!(names, BTreeSet::from(["good".into(), "good-canary".into(), "good-primary".into()]));
+    assert!(Api::<Deployment>::namespaced(client.clone(), &ns.name).get_opt("missing-primary").await?.is_none());
+    // The good Canary still follows a new revision.
+    let mut app = SampleApp::new(&ns.name, "good", &env.sample_app_command()).version("v2");
+    app = app.replicas(1);
+    release(&client, &app).await?;
+    wait_phase(&api, "good", "Succeeded", Duration::from_secs(60), &op, &mut seen).await?;
+    let _ = api.delete("ghost", &DeleteParams::default()).await;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
