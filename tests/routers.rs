@@ -301,8 +301,23 @@ async fn kubernetes_services_and_blue_green_switch() {
         client.clone(),
         &RoutingApis::default(),
     );
-    router.reconcile(&canary, &inputs()).await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    // The user's own Service, selecting the target pods, existed before Serin.
+    let user_svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo", "labels": {"team": "a"}},
+        "spec": {"selector": {"app": "podinfo"}, "ports": [{"name": "http", "port": 9898}]}
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &user_svc)
+        .await
+        .unwrap();
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    let taken_over = svcs.get("podinfo").await.unwrap();
+    assert_eq!(taken_over.metadata.labels.as_ref().unwrap()["team"], "a");
+    assert!(
+        taken_over.metadata.owner_references.is_none(),
+        "a pre-existing Service is not owned"
+    );
     let sel = |s: Service| s.spec.and_then(|s| s.selector).unwrap_or_default();
     let app = |v: &str| BTreeMap::from([("app".to_string(), v.to_string())]);
     assert_eq!(
@@ -318,7 +333,10 @@ async fn kubernetes_services_and_blue_green_switch() {
         app("podinfo")
     );
     let svc_ar = ApiResource::erase::<Service>(&());
-    assert_generated(&get(&client, &svc_ar, &ns, "podinfo").await, &canary);
+    assert_generated(
+        &get(&client, &svc_ar, &ns, "podinfo-primary").await,
+        &canary,
+    );
 
     router
         .set_routes(&canary, Routes::weighted(100))
@@ -839,6 +857,48 @@ async fn nginx_steps() {
         },
     )
     .await;
+    // A/B: header annotations while the canary has traffic, removed afterwards.
+    let mut ab = canary.clone();
+    ab.spec
+        .analysis
+        .get_or_insert_with(Default::default)
+        .r#match = Some(vec![serin::crd::AbMatch {
+        headers: Some(
+            [(
+                "x-canary".to_string(),
+                serin::crd::StringMatch {
+                    exact: Some("insider".into()),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }]);
+    router.set_routes(&ab, Routes::weighted(100)).await.unwrap();
+    let a = get(&client, &ing_ar, &ns, "podinfo-canary")
+        .await
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert_eq!(
+        a["nginx.ingress.kubernetes.io/canary-by-header"],
+        "x-canary"
+    );
+    assert_eq!(
+        a["nginx.ingress.kubernetes.io/canary-by-header-value"],
+        "insider"
+    );
+    assert_eq!(a["nginx.ingress.kubernetes.io/canary-weight"], "0");
+    assert_eq!(router.get_routes(&ab).await.unwrap(), Routes::weighted(100));
+    router.set_routes(&ab, Routes::PRIMARY).await.unwrap();
+    let a = get(&client, &ing_ar, &ns, "podinfo-canary")
+        .await
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(!a.keys().any(|k| k.contains("canary-by-")), "{a:?}");
+    assert_eq!(router.get_routes(&ab).await.unwrap(), Routes::PRIMARY);
     let after = get(&client, &ing_ar, &ns, "podinfo").await;
     assert_eq!(
         rv(&after),
@@ -880,6 +940,30 @@ async fn missing_crd_fails_before_any_write() {
             "{provider:?}: {err}"
         );
     }
+    // A gatewayRef to a Gateway that does not exist: NotFound, before any write.
+    let apis = discover(&client).await;
+    if apis.httproute_version.is_some() {
+        let mut lost = canary.clone();
+        lost.spec.service.as_mut().unwrap().gateway_refs = Some(vec![ParentReference {
+            name: "no-such-gateway".into(),
+            ..Default::default()
+        }]);
+        let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+        let err = router.reconcile(&lost, &inputs()).await.unwrap_err();
+        assert!(
+            matches!(err, RouterError::NotFound { ref kind, ref name, .. } if kind == "Gateway" && name == "no-such-gateway"),
+            "{err}"
+        );
+        // A routeRef to a missing route: NotFound, before any write.
+        let mut missing = canary.clone();
+        missing.spec.route_ref = Some(LocalObjectReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "HTTPRoute".into(),
+            name: "nope".into(),
+        });
+        let err = router.reconcile(&missing, &inputs()).await.unwrap_err();
+        assert!(matches!(err, RouterError::NotFound { .. }), "{err}");
+    }
     let svc_ar = ApiResource::erase::<Service>(&());
     for name in ["podinfo", "podinfo-primary", "podinfo-canary"] {
         assert!(
@@ -887,5 +971,399 @@ async fn missing_crd_fails_before_any_write() {
             "{name} was written"
         );
     }
+    delete_namespace(&client, &ns).await;
+}
+
+// ---- the data plane: real requests through Traefik follow the weights ----
+
+/// The local harness' gateway and sample app, when `e2e/cluster.sh env` was sourced.
+struct DataPlane {
+    gateway: String,
+    bin_dir: String,
+    gateway_name: String,
+    gateway_namespace: String,
+}
+
+fn data_plane() -> Option<DataPlane> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let dp = DataPlane {
+        gateway: get("SERIN_E2E_GATEWAY")?,
+        bin_dir: get("SERIN_E2E_BIN_DIR")?,
+        gateway_name: get("SERIN_E2E_GATEWAY_NAME").unwrap_or_else(|| "serin-gateway".into()),
+        gateway_namespace: get("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|| "default".into()),
+    };
+    std::path::Path::new(&format!("{}/serin-sample-app", dp.bin_dir))
+        .exists()
+        .then_some(dp)
+}
+
+/// Deploys the sample app as `name` with pod label `app: <label>` answering `version`.
+async fn deploy_app(
+    client: &kube::Client,
+    dp: &DataPlane,
+    ns: &str,
+    name: &str,
+    label: &str,
+    version: &str,
+) {
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": label}},
+            "template": {
+                "metadata": {"labels": {"app": label}},
+                "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                    "name": "app",
+                    "image": format!("serin-sample-app:{version}"),
+                    "command": [format!("{}/serin-sample-app", dp.bin_dir)],
+                    "env": [
+                        {"name": "VERSION", "value": version},
+                        {"name": "PORT", "value": "8080"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1}
+                }]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+}
+
+/// Waits until the Service's Endpoints list a ready address.
+async fn wait_endpoints(client: &kube::Client, ns: &str, svc: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    for _ in 0..300 {
+        let ready = api.get_opt(svc).await.ok().flatten().is_some_and(|e| {
+            e.subsets
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()))
+        });
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("Service {ns}/{svc} has no ready endpoints after 60s");
+}
+
+/// What `n` requests with `Host: host` through the gateway got.
+#[derive(Debug, Default)]
+struct Sample {
+    v1: usize,
+    v2: usize,
+    /// Requests not answered 200 by v1 or v2, with the first few reasons.
+    failed: usize,
+    reasons: Vec<String>,
+}
+
+impl Sample {
+    /// Percent of answered requests that the canary (v2) answered.
+    fn share(&self) -> f64 {
+        let answered = self.v1 + self.v2;
+        if answered == 0 {
+            0.0
+        } else {
+            self.v2 as f64 * 100.0 / answered as f64
+        }
+    }
+}
+
+async fn sample(gateway: &str, host: &str, n: usize) -> Sample {
+    let mut out = Sample::default();
+    let http = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.failed = n;
+            out.reasons.push(format!("client: {e}"));
+            return out;
+        }
+    };
+    for _ in 0..n {
+        let why = match http.get(gateway).header("Host", host).send().await {
+            Err(e) => format!("request: {e}"),
+            Ok(r) if !r.status().is_success() => format!("status {}", r.status()),
+            Ok(r) => match r.headers().get("x-version").and_then(|v| v.to_str().ok()) {
+                Some("v2") => {
+                    out.v2 += 1;
+                    continue;
+                }
+                Some("v1") => {
+                    out.v1 += 1;
+                    continue;
+                }
+                other => format!("x-version {other:?}"),
+            },
+        };
+        out.failed += 1;
+        if out.reasons.len() < 3 {
+            out.reasons.push(why);
+        }
+    }
+    out
+}
+
+/// Polls (the gateway applies changes within seconds) until 500 requests, all answered,
+/// give a canary share within ±5 points of `weight`; then 500 more must too (the first
+/// passing sample may straddle the configuration change).
+async fn assert_share(gateway: &str, host: &str, weight: u32) {
+    let ok = |s: &Sample| s.failed == 0 && (s.share() - weight as f64).abs() <= 5.0;
+    let mut last = Sample::default();
+    for _ in 0..30 {
+        last = sample(gateway, host, 500).await;
+        if ok(&last) {
+            let settled = sample(gateway, host, 500).await;
+            assert!(
+                ok(&settled),
+                "{host}: canary weight {weight}: {settled:?} after {last:?}"
+            );
+            eprintln!(
+                "{host}: canary weight {weight}: {:.1}% of 500 requests answered by the canary",
+                settled.share()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{host}: canary weight {weight} but got {last:?}");
+}
+
+async fn data_plane_setup(name: &str) -> Option<(kube::Client, DataPlane, String, RoutingApis)> {
+    let client = cluster().await?;
+    let Some(dp) = data_plane() else {
+        assert!(
+            std::env::var("SERIN_E2E_REQUIRED").as_deref() != Ok("1"),
+            "SERIN_E2E_REQUIRED=1 but no gateway/sample app (SERIN_E2E_GATEWAY, SERIN_E2E_BIN_DIR)"
+        );
+        eprintln!("SKIPPED: no local gateway and sample app (source `e2e/cluster.sh env`)");
+        return None;
+    };
+    let apis = discover(&client).await;
+    let ns = namespace(&client, name).await;
+    deploy_app(
+        &client,
+        &dp,
+        &ns,
+        "podinfo-primary",
+        "podinfo-primary",
+        "v1",
+    )
+    .await;
+    deploy_app(&client, &dp, &ns, "podinfo", "podinfo", "v2").await;
+    Some((client, dp, ns, apis))
+}
+
+fn data_plane_service(dp: &DataPlane) -> CanaryService {
+    CanaryService {
+        port: 80,
+        target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)),
+        gateway_refs: Some(vec![ParentReference {
+            name: dp.gateway_name.clone(),
+            namespace: Some(dp.gateway_namespace.clone()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("gwtraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.gw.serin.test");
+    let mut svc = data_plane_service(&dp);
+    svc.hosts = Some(vec![host.clone()]);
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(svc);
+    let canary = create_canary(&client, &ns, canary).await;
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 10, 50, 90, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // Rollback: everything back to the primary.
+    router.set_routes(&canary, Routes::PRIMARY).await.unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn traefik_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("trtraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.traefik.serin.test");
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(data_plane_service(&dp));
+    let canary = create_canary(&client, &ns, canary).await;
+    let router = router_for(Provider::Traefik, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    // The user's IngressRoute sends the host to the TraefikService Serin manages.
+    let ir: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "traefik.io/v1alpha1", "kind": "IngressRoute",
+        "metadata": {"name": "podinfo"},
+        "spec": {"entryPoints": ["web"], "routes": [{
+            "match": format!("Host(`{host}`)"), "kind": "Rule",
+            "services": [{"name": "podinfo", "kind": "TraefikService"}]
+        }]}
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &ar("traefik.io", "v1alpha1", "IngressRoute", "ingressroutes"),
+    )
+    .create(&PostParams::default(), &ir)
+    .await
+    .unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 10, 50, 90, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // A mirror step answers from the primary only.
+    router
+        .set_routes(
+            &canary,
+            Routes {
+                primary: 100,
+                canary: 0,
+                mirror: true,
+                mirror_weight: Some(50),
+            },
+        )
+        .await
+        .unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    router.set_routes(&canary, Routes::PRIMARY).await.unwrap();
+    assert_share(&dp.gateway, &host, 0).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn route_ref_traffic_follows_weights() {
+    let Some((client, dp, ns, apis)) = data_plane_setup("rreftraffic").await else {
+        return;
+    };
+    let host = format!("{ns}.rref.serin.test");
+    let mut canary = canary_spec(CanaryService::default());
+    canary.spec.service = Some(CanaryService {
+        gateway_refs: None,
+        ..data_plane_service(&dp)
+    });
+    canary.spec.route_ref = Some(LocalObjectReference {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        name: "user-route".into(),
+    });
+    let canary = create_canary(&client, &ns, canary).await;
+    let route_ar = ar("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes");
+    let user: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "user-route"},
+        "spec": {
+            "parentRefs": [{"name": dp.gateway_name, "namespace": dp.gateway_namespace}],
+            "hostnames": [host],
+            "rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 80}]}]
+        }
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &route_ar)
+        .create(&PostParams::default(), &user)
+        .await
+        .unwrap();
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo-primary").await;
+    wait_endpoints(&client, &ns, "podinfo-canary").await;
+    for w in [0, 50, 100] {
+        router
+            .set_routes(&canary, Routes::weighted(w))
+            .await
+            .unwrap();
+        assert_share(&dp.gateway, &host, w).await;
+    }
+    // Finalize: the apex selects the target (v2) pods, the route points at the apex.
+    router.finalize(&canary).await.unwrap();
+    wait_endpoints(&client, &ns, "podinfo").await;
+    assert_share(&dp.gateway, &host, 100).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn grpc_route_steps() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let apis = discover(&client).await;
+    if apis.grpcroute_version.is_none() {
+        assert!(
+            std::env::var("SERIN_E2E_REQUIRED").as_deref() != Ok("1"),
+            "GRPCRoute CRD is not installed"
+        );
+        eprintln!("SKIPPED: GRPCRoute CRD is not installed");
+        return;
+    }
+    let ns = namespace(&client, "grpc").await;
+    let gw_ns = std::env::var("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let mut svc = gateway_service(&gw_ns);
+    svc.app_protocol = Some("grpc".into());
+    svc.headers = Some(serin::crd::HeaderOperations {
+        request: Some(serin::crd::HeaderOperation {
+            set: Some([("x-env".to_string(), "canary-test".to_string())].into()),
+            ..Default::default()
+        }),
+        response: None,
+    });
+    let canary = create_canary(&client, &ns, canary_spec(svc)).await;
+    let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
+    router.reconcile(&canary, &inputs()).await.unwrap();
+    let version = apis
+        .grpcroute_version
+        .clone()
+        .unwrap_or_else(|| "v1".into());
+    let route_ar = ar(
+        "gateway.networking.k8s.io",
+        &version,
+        "GRPCRoute",
+        "grpcroutes",
+    );
+    assert_generated(&get(&client, &route_ar, &ns, "podinfo").await, &canary);
+    run_steps(&client, router.as_ref(), &canary, (&route_ar, "podinfo"), |w, obj| {
+        let rule = &obj.data["spec"]["rules"][0];
+        assert_eq!(
+            rule["backendRefs"],
+            json!([
+                {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 9898, "weight": 100 - w},
+                {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 9898, "weight": w}
+            ])
+        );
+        assert_eq!(
+            rule["filters"],
+            json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-env", "value": "canary-test"}]}}])
+        );
+    })
+    .await;
     delete_namespace(&client, &ns).await;
 }

@@ -210,7 +210,13 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     let routing_stale = status.observed_generation != generation
         || matches!(status.phase, None | Some(Phase::Initializing))
         || status.last_applied_spec.as_deref() != Some(checksum.as_str());
-    if routing_stale && !deleting {
+    // The routers point the apex at the primary's pods: before the primary is ready
+    // that would take traffic away from a Service the user already had.
+    let initializing = matches!(status.phase, None | Some(Phase::Initializing));
+    let primary_serving = primary
+        .as_ref()
+        .is_some_and(|p| matches!(workload::readiness(p, settings.primary_ready_threshold), workload::Readiness::Ready));
+    if routing_stale && !deleting && (!initializing || primary_serving) {
         router.reconcile(canary, &inputs).await?;
     }
 
@@ -302,7 +308,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             now,
         );
     }
-    if !deleting {
+    // Verified only when the routes were just written: the result cannot change
+    // otherwise, and each check reads the routing object.
+    let routes_written = decision.actions.iter().any(|a| matches!(a, Action::SetRoutes(_)));
+    if !deleting && routes_written {
         match router.verify(canary).await {
             Ok(router::RouteStatus::Accepted) => decision.status.router_message = None,
             Ok(router::RouteStatus::Unknown(m)) | Ok(router::RouteStatus::NotAccepted(m)) => {

@@ -157,8 +157,21 @@ fn merged_map(
 pub async fn ensure(
     client: &kube::Client,
     ar: &ApiResource,
+    desired: DynamicObject,
+    paths: &[&str],
+) -> Result<Applied, RouterError> {
+    ensure_owning(client, ar, desired, paths, &[]).await
+}
+
+/// `ensure`, where annotations whose key starts with one of `owned_prefixes` belong to
+/// Serin: one that is on the live object but no longer rendered is removed (NGINX's
+/// `canary-by-header` after an A/B run, for instance).
+pub async fn ensure_owning(
+    client: &kube::Client,
+    ar: &ApiResource,
     mut desired: DynamicObject,
     paths: &[&str],
+    owned_prefixes: &[&str],
 ) -> Result<Applied, RouterError> {
     let namespace = desired.metadata.namespace.clone().unwrap_or_default();
     let name = desired.metadata.name.clone().unwrap_or_default();
@@ -184,7 +197,7 @@ pub async fn ensure(
         return Ok(Applied::Created);
     };
 
-    let Some(patch) = patch_for(&live, &desired, &fields) else {
+    let Some(patch) = patch_for(&live, &desired, &fields, owned_prefixes) else {
         return Ok(Applied::Unchanged);
     };
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -202,6 +215,7 @@ pub fn patch_for(
     live: &DynamicObject,
     desired: &DynamicObject,
     fields: &[(&str, Value)],
+    owned_prefixes: &[&str],
 ) -> Option<Value> {
     let want_hash = desired
         .metadata
@@ -238,13 +252,23 @@ pub fn patch_for(
         );
         changed = true;
     }
-    if let Some(ann) = desired.metadata.annotations.as_ref()
-        && let Some(m) = merged_map(live.metadata.annotations.as_ref(), ann)
-    {
+    let want_ann = desired.metadata.annotations.clone().unwrap_or_default();
+    let mut ann_patch: Map<String, Value> =
+        merged_map(live.metadata.annotations.as_ref(), &want_ann)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+    for k in live.metadata.annotations.iter().flat_map(|a| a.keys()) {
+        if !want_ann.contains_key(k) && owned_prefixes.iter().any(|p| k.starts_with(p)) {
+            ann_patch.insert(k.clone(), Value::Null);
+        }
+    }
+    if !ann_patch.is_empty() {
         set_at(
             &mut patch,
             "/metadata/annotations",
-            serde_json::to_value(m).unwrap_or_default(),
+            Value::Object(ann_patch),
         );
         changed = true;
     }
@@ -366,11 +390,22 @@ mod tests {
         let desired = obj(spec.clone(), Some(&h));
         // Same hash and contained (live has a server default): nothing to write.
         let live = obj(json!({"w": 1, "defaulted": true}), Some(&h));
-        assert_eq!(patch_for(&live, &desired, &fields), None);
+        assert_eq!(patch_for(&live, &desired, &fields, &[]), None);
         // Drift on the live object: write, guarded by resourceVersion.
         let drifted = obj(json!({"w": 2}), Some(&h));
-        let p = patch_for(&drifted, &desired, &fields).unwrap();
+        let p = patch_for(&drifted, &desired, &fields, &[]).unwrap();
         assert_eq!(p["spec"], json!({"w": 1}));
         assert_eq!(p["metadata"]["resourceVersion"], "7");
+        // An owned annotation no longer rendered is removed; others' stay.
+        let mut stale = obj(json!({"w": 1}), Some(&h));
+        let ann = stale.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        ann.insert("x/canary-by-header".into(), "h".into());
+        ann.insert("other".into(), "kept".into());
+        let p = patch_for(&stale, &desired, &fields, &["x/canary-by"]).unwrap();
+        assert_eq!(
+            p["metadata"]["annotations"],
+            json!({"x/canary-by-header": null})
+        );
+        assert!(p.get("spec").is_none());
     }
 }

@@ -45,8 +45,8 @@ use super::apply;
 use super::kubernetes::KubernetesRouter;
 use super::{
     BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
-    build_set_cookie, cookie_regex, generated_object, require, routes_from, service_spec,
-    session_cookie,
+    build_set_cookie, cookie_regex, generated_object, primary_session_cookie, require, routes_from,
+    service_spec, session_cookie,
 };
 use crate::crd::{
     AbMatch, Canary, DEFAULT_SESSION_COOKIE_MAX_AGE, HttpMatchRequest, ParentReference, StringMatch,
@@ -458,6 +458,31 @@ fn parent_refs(canary: &Canary, linkerd: bool) -> Result<Vec<ParentReference>, R
     }
 }
 
+fn set_cookie_filter(value: String) -> Filter {
+    Filter {
+        r#type: "ResponseHeaderModifier".into(),
+        response_header_modifier: Some(HeaderFilter {
+            add: vec![Header {
+                name: "Set-Cookie".into(),
+                value,
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn cookie_match(cookie: &str) -> RouteMatch {
+    RouteMatch {
+        headers: vec![NamedMatch {
+            r#type: "RegularExpression".into(),
+            name: "Cookie".into(),
+            value: cookie_regex(cookie),
+        }],
+        ..Default::default()
+    }
+}
+
 fn is_sticky(rule: &Rule, cookie_name: &str) -> bool {
     rule.matches.iter().any(|m| {
         m.headers.iter().any(|h| {
@@ -552,67 +577,54 @@ pub fn render_route_spec(
         let max_age = sa.max_age.unwrap_or(DEFAULT_SESSION_COOKIE_MAX_AGE);
         let status = canary.status_or_default();
         if routes.canary > 0 {
+            // Responses from the canary set its cookie; requests carrying it stick to
+            // the canary. With primaryCookieName, the same for the primary.
             let cookie = session_cookie(canary, sa);
             if let Some(b) = weighted_rule
                 .backend_refs
                 .iter_mut()
                 .find(|b| b.name == canary_svc)
             {
-                b.filters.push(Filter {
-                    r#type: "ResponseHeaderModifier".into(),
-                    response_header_modifier: Some(HeaderFilter {
-                        add: vec![Header {
-                            name: "Set-Cookie".into(),
-                            value: build_set_cookie(&cookie, sa, max_age),
-                        }],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
+                b.filters
+                    .push(set_cookie_filter(build_set_cookie(&cookie, sa, max_age)));
             }
-            let cookie_match = RouteMatch {
-                headers: vec![NamedMatch {
-                    r#type: "RegularExpression".into(),
-                    name: "Cookie".into(),
-                    value: cookie_regex(&cookie),
-                }],
-                ..Default::default()
-            };
             rules.push(Rule {
-                matches: merge(&cookie_match, &matches),
+                matches: merge(&cookie_match(&cookie), &matches),
                 filters: filters.clone(),
                 backend_refs: weighted(0, 100),
                 timeouts: timeouts.clone(),
             });
-        } else if let Some(prev) = status
-            .previous_session_affinity_cookie
-            .or(status.session_affinity_cookie)
-            .filter(|c| !c.is_empty())
-        {
-            // The run is over: sessions that still carry its cookie go to the primary,
-            // and the cookie is expired.
+            if let Some(pcookie) = primary_session_cookie(canary, sa) {
+                if let Some(b) = weighted_rule
+                    .backend_refs
+                    .iter_mut()
+                    .find(|b| b.name == primary)
+                {
+                    b.filters
+                        .push(set_cookie_filter(build_set_cookie(&pcookie, sa, max_age)));
+                }
+                rules.push(Rule {
+                    matches: merge(&cookie_match(&pcookie), &matches),
+                    filters: filters.clone(),
+                    backend_refs: weighted(100, 0),
+                    timeouts: timeouts.clone(),
+                });
+            }
+        } else {
+            // No canary traffic: sessions carrying the run's cookie (the previous one
+            // recorded in the status, else this revision's) go to the primary and the
+            // cookie is expired.
+            let prev = status
+                .previous_session_affinity_cookie
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| session_cookie(canary, sa));
             let mut primary_ref = service_ref(&primary, port, Some(100));
-            primary_ref.filters.push(Filter {
-                r#type: "ResponseHeaderModifier".into(),
-                response_header_modifier: Some(HeaderFilter {
-                    add: vec![Header {
-                        name: "Set-Cookie".into(),
-                        value: build_set_cookie(&prev, sa, -1),
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            let cookie_match = RouteMatch {
-                headers: vec![NamedMatch {
-                    r#type: "RegularExpression".into(),
-                    name: "Cookie".into(),
-                    value: cookie_regex(&prev),
-                }],
-                ..Default::default()
-            };
+            primary_ref
+                .filters
+                .push(set_cookie_filter(build_set_cookie(&prev, sa, -1)));
             rules.push(Rule {
-                matches: merge(&cookie_match, &matches),
+                matches: merge(&cookie_match(&prev), &matches),
                 filters: filters.clone(),
                 backend_refs: vec![primary_ref],
                 timeouts: timeouts.clone(),
@@ -634,12 +646,17 @@ pub fn render_route_spec(
 pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, RouterError> {
     let primary = canary.primary_service_name();
     let canary_svc = canary.canary_service_name();
-    let cookie_name = canary
+    let cookie_names: Vec<String> = canary
         .spec
         .analysis
         .as_ref()
         .and_then(|a| a.session_affinity.as_ref())
-        .map(|s| s.cookie_name.clone());
+        .map(|s| {
+            let mut names = vec![s.cookie_name.clone()];
+            names.extend(s.primary_cookie_name.clone().filter(|n| !n.is_empty()));
+            names
+        })
+        .unwrap_or_default();
     let weight_of = |r: &Rule, n: &str| -> Option<u32> {
         r.backend_refs
             .iter()
@@ -649,7 +666,7 @@ pub fn routes_of_spec(canary: &Canary, spec: &RouteSpec) -> Result<Routes, Route
     let rule = spec
         .rules
         .iter()
-        .filter(|r| !cookie_name.as_deref().is_some_and(|c| is_sticky(r, c)))
+        .filter(|r| !cookie_names.iter().any(|c| is_sticky(r, c)))
         .find(|r| weight_of(r, &primary).is_some() || weight_of(r, &canary_svc).is_some())
         .ok_or_else(|| {
             RouterError::InvalidRoute(format!("no rule routes to {primary} or {canary_svc}"))
@@ -1040,6 +1057,57 @@ impl GatewayApiRouter {
         }
     }
 
+    /// Fails with `NotFound` when a parentRef names a Gateway (or a Service, for GAMMA)
+    /// that does not exist: a route attached to nothing carries no traffic, and the
+    /// user should hear why. A parent the operator may not read (403) is not checked.
+    async fn check_parents(&self, canary: &Canary) -> Result<(), RouterError> {
+        let ns = canary.namespace_or_default();
+        let gw_version = match self.apis.httproute_version.as_deref() {
+            Some("v1beta1") => "v1beta1",
+            _ => "v1",
+        };
+        for p in parent_refs(canary, self.linkerd)? {
+            let pns = p.namespace.clone().unwrap_or_else(|| ns.clone());
+            let kind = p.kind.clone().unwrap_or_else(|| "Gateway".into());
+            let ar = match (kind.as_str(), p.group.as_deref()) {
+                ("Gateway", None | Some(GROUP)) => {
+                    api_resource(GROUP, gw_version, "Gateway", "gateways")
+                }
+                ("Service", None | Some("") | Some("core")) => {
+                    // The apex Service is the router's own: it exists once reconciled.
+                    if p.name == canary.apex_name() && pns == ns {
+                        continue;
+                    }
+                    kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&())
+                }
+                _ => continue,
+            };
+            match apply::dyn_api(&self.client, &ar, &pns)
+                .get_opt(&p.name)
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(RouterError::NotFound {
+                        kind,
+                        namespace: pns,
+                        name: p.name.clone(),
+                    });
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::warn!(parent = %p.name, namespace = %pns, "cannot read parentRef, not checked: {}", e.message);
+                }
+                Err(source) => {
+                    return Err(RouterError::Kube {
+                        context: format!("get parentRef {kind} {pns}/{}", p.name),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn refuse_user_route_features(canary: &Canary) -> Result<(), RouterError> {
         let a = canary.spec.analysis.as_ref();
         if a.and_then(|a| a.r#match.as_ref())
@@ -1120,17 +1188,13 @@ impl GatewayApiRouter {
             let Some(live) = self.live(canary, &ar, &name).await? else {
                 return Ok(());
             };
-            let port = service_spec(canary)?.port;
             let mut spec: RouteSpec =
                 serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
                     .map_err(|source| RouterError::Serde {
                         context: format!("read {} {name}", ar.kind),
                         source,
                     })?;
-            for rule in &mut spec.rules {
-                rule.backend_refs = vec![service_ref(&name, port, None)];
-                rule.filters.retain(|f| f.r#type != "RequestMirror");
-            }
+            finalize_rules(canary, &mut spec)?;
             let rules = serde_json::to_value(&spec.rules).map_err(|source| RouterError::Serde {
                 context: format!("render {} {name}", ar.kind),
                 source,
@@ -1154,6 +1218,19 @@ impl GatewayApiRouter {
         apply::ensure(&self.client, &ar, obj, &["/spec"]).await?;
         Ok(())
     }
+}
+
+/// Finalize of a generated route: every rule sends everything to the apex Service (no
+/// mirror), which finalize points at the target's pods, until the route is
+/// garbage-collected with the Canary.
+pub fn finalize_rules(canary: &Canary, spec: &mut RouteSpec) -> Result<(), RouterError> {
+    let port = service_spec(canary)?.port;
+    let apex = canary.apex_name();
+    for rule in &mut spec.rules {
+        rule.backend_refs = vec![service_ref(&apex, port, None)];
+        rule.filters.retain(|f| f.r#type != "RequestMirror");
+    }
+    Ok(())
 }
 
 /// The generated route object (metadata from `service.apex`).
@@ -1191,6 +1268,17 @@ impl Router for GatewayApiRouter {
                 None => Self::route_kind(canary)?,
             };
             self.resource(kind, None)?;
+            // The route and its parents must be usable before anything is written.
+            if let Some((kind, version, name)) = Self::user_route(canary)? {
+                let ar = self.resource(kind, version)?;
+                Self::refuse_user_route_features(canary)?;
+                let live = self.live_required(canary, &ar, &name).await?;
+                let rules = live.data.pointer("/spec/rules").unwrap_or(&Value::Null);
+                edit_user_rules(canary, rules, Some(Routes::PRIMARY))?;
+            } else {
+                render_route_spec(canary, Routes::PRIMARY, self.options(kind))?;
+                self.check_parents(canary).await?;
+            }
             self.k8s.reconcile_services(canary, inputs).await?;
             self.write(canary, None, false).await
         })
@@ -1497,6 +1585,70 @@ mod tests {
     }
 
     #[test]
+    fn primary_cookie_keeps_primary_sessions_on_the_primary() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "canary-c".into(),
+                primary_cookie_name: Some("primary-c".into()),
+                max_age: Some(60),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut st = c.status_or_default();
+        st.session_affinity_cookie = Some("canary-c=1".into());
+        st.primary_session_affinity_cookie = Some("primary-c=2".into());
+        c.status = Some(st);
+        let spec = render_route_spec(&c, Routes::weighted(30), opts()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(spec.rules.len(), 3);
+        assert_eq!(
+            v["rules"][1]["matches"][0]["headers"][0]["value"],
+            ".*primary-c.*2.*"
+        );
+        // The zero-weight canary ref is left out (see `render_route_spec`).
+        assert_eq!(v["rules"][1]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(
+            v["rules"][2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            "primary-c=2; Max-Age=60"
+        );
+        // Neither sticky rule is read as the split.
+        assert_eq!(routes_of_spec(&c, &spec).unwrap(), Routes::weighted(30));
+    }
+
+    #[test]
+    fn without_status_cookies_the_revision_cookie_is_used_and_expired() {
+        let mut c = canary();
+        let sa = SessionAffinity {
+            cookie_name: "c".into(),
+            ..Default::default()
+        };
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(sa.clone()),
+            ..Default::default()
+        });
+        let cookie = session_cookie(&c, &sa);
+        let during =
+            serde_json::to_value(render_route_spec(&c, Routes::weighted(20), opts()).unwrap())
+                .unwrap();
+        assert_eq!(
+            during["rules"][0]["matches"][0]["headers"][0]["value"],
+            cookie_regex(&cookie)
+        );
+        let after =
+            serde_json::to_value(render_route_spec(&c, Routes::PRIMARY, opts()).unwrap()).unwrap();
+        assert_eq!(
+            after["rules"][0]["matches"][0]["headers"][0]["value"],
+            cookie_regex(&cookie)
+        );
+        assert_eq!(
+            after["rules"][0]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
+            format!("{cookie}; Max-Age=-1")
+        );
+    }
+
+    #[test]
     fn session_affinity_sets_cookie_and_sticky_rule() {
         let mut c = canary();
         c.spec.analysis = Some(CanaryAnalysis {
@@ -1537,6 +1689,25 @@ mod tests {
             "serin-cookie=abc; Max-Age=-1"
         );
         assert_eq!(routes_of_spec(&c, &done).unwrap(), Routes::PRIMARY);
+    }
+
+    #[test]
+    fn finalize_sends_every_rule_to_the_apex() {
+        let r = Routes {
+            primary: 50,
+            canary: 50,
+            mirror: true,
+            mirror_weight: None,
+        };
+        let mut spec = render_route_spec(&canary(), r, opts()).unwrap();
+        finalize_rules(&canary(), &mut spec).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec.rules).unwrap(),
+            json!([{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 9898}]
+            }])
+        );
     }
 
     #[test]

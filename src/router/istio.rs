@@ -28,8 +28,8 @@ use super::apply;
 use super::kubernetes::KubernetesRouter;
 use super::{
     BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
-    build_set_cookie, cookie_regex, generated_object, require, routes_from, service_spec,
-    session_cookie,
+    build_set_cookie, cookie_regex, generated_object, primary_session_cookie, require, routes_from,
+    service_spec, session_cookie,
 };
 use crate::crd::{
     Canary, CorsPolicy, DEFAULT_SESSION_COOKIE_MAX_AGE, HeaderOperation, HeaderOperations,
@@ -38,6 +38,13 @@ use crate::crd::{
 
 pub const GROUP: &str = "networking.istio.io";
 pub const STICKY_ROUTE: &str = "sticky-route";
+pub const STICKY_PRIMARY_ROUTE: &str = "sticky-route-primary";
+
+fn is_sticky(h: &HttpRoute) -> bool {
+    h.name
+        .as_deref()
+        .is_some_and(|n| n == STICKY_ROUTE || n == STICKY_PRIMARY_ROUTE)
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -326,11 +333,35 @@ pub fn render_virtual_service_spec(
                 mirror_percentage: None,
                 ..weighted_route.clone()
             });
-        } else if let Some(prev) = status
-            .previous_session_affinity_cookie
-            .or(status.session_affinity_cookie)
-            .filter(|c| !c.is_empty())
-        {
+            // With primaryCookieName, sessions first answered by the primary stay there.
+            if let Some(pcookie) = primary_session_cookie(canary, sa) {
+                for d in &mut weighted_route.route {
+                    if d.destination.host == primary {
+                        d.headers =
+                            Some(set_cookie_headers(build_set_cookie(&pcookie, sa, max_age)));
+                    }
+                }
+                http.push(HttpRoute {
+                    name: Some(STICKY_PRIMARY_ROUTE.into()),
+                    r#match: merge_matches(&[cookie_match(&pcookie)], &service_match),
+                    route: vec![
+                        destination(canary, &primary, 100)?,
+                        destination(canary, &canary_svc, 0)?,
+                    ],
+                    mirror: None,
+                    mirror_percentage: None,
+                    ..weighted_route.clone()
+                });
+            }
+        } else {
+            // No canary traffic: sessions carrying the run's cookie (the previous one
+            // recorded in the status, else this revision's) go to the primary and the
+            // cookie is expired.
+            let prev = status
+                .previous_session_affinity_cookie
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| session_cookie(canary, sa));
             let mut to_primary = destination(canary, &primary, 100)?;
             to_primary.headers = Some(set_cookie_headers(build_set_cookie(&prev, sa, -1)));
             http.push(HttpRoute {
@@ -371,11 +402,7 @@ pub fn routes_of_virtual_service(
             }
         }
     }
-    for h in spec
-        .http
-        .iter()
-        .filter(|h| h.name.as_deref() != Some(STICKY_ROUTE))
-    {
+    for h in spec.http.iter().filter(|h| !is_sticky(h)) {
         if let (Some(p), Some(c)) = (w(&h.route, &primary), w(&h.route, &canary_svc)) {
             let mirror = h.mirror.as_ref().is_some_and(|m| m.host == canary_svc);
             let mw = h.mirror_percentage.as_ref().map(|p| p.value.round() as u32);
@@ -424,6 +451,25 @@ pub fn render_virtual_service(
         custom,
         json!({ "spec": spec }),
     ))
+}
+
+/// Finalize: until the VirtualService is garbage-collected with the Canary, every route
+/// sends everything to the apex host, which finalize points at the target's pods.
+pub fn finalize_virtual_service(
+    canary: &Canary,
+    spec: &mut VirtualServiceSpec,
+) -> Result<(), RouterError> {
+    let apex = destination(canary, &canary.apex_name(), 100)?;
+    spec.http.retain(|h| !is_sticky(h));
+    for h in &mut spec.http {
+        h.route = vec![apex.clone()];
+        h.mirror = None;
+        h.mirror_percentage = None;
+    }
+    for t in &mut spec.tcp {
+        t.route = vec![apex.clone()];
+    }
+    Ok(())
 }
 
 pub struct IstioRouter {
@@ -567,19 +613,7 @@ impl Router for IstioRouter {
             let Some((live, mut spec)) = self.live_spec(canary).await? else {
                 return Ok(());
             };
-            // Until the VirtualService is garbage-collected with the Canary, everything
-            // goes to the apex, which now selects the target's pods.
-            let apex = destination(canary, &canary.apex_name(), 100)?;
-            spec.http
-                .retain(|h| h.name.as_deref() != Some(STICKY_ROUTE));
-            for h in &mut spec.http {
-                h.route = vec![apex.clone()];
-                h.mirror = None;
-                h.mirror_percentage = None;
-            }
-            for t in &mut spec.tcp {
-                t.route = vec![apex.clone()];
-            }
+            finalize_virtual_service(canary, &mut spec)?;
             let v = serde_json::to_value(&spec).map_err(|source| RouterError::Serde {
                 context: format!("render VirtualService {}", canary.apex_name()),
                 source,
@@ -730,6 +764,46 @@ mod tests {
     }
 
     #[test]
+    fn primary_cookie_sticky_route() {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "canary-c".into(),
+                primary_cookie_name: Some("primary-c".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = render_virtual_service_spec(&c, Routes::weighted(20)).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let pcookie = crate::router::primary_session_cookie(
+            &c,
+            c.spec
+                .analysis
+                .as_ref()
+                .unwrap()
+                .session_affinity
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(pcookie.starts_with("primary-c="), "{pcookie}");
+        assert_eq!(v["http"][1]["name"], STICKY_PRIMARY_ROUTE);
+        assert_eq!(
+            v["http"][1]["route"],
+            json!([dest("podinfo-primary", 100), dest("podinfo-canary", 0)])
+        );
+        assert_eq!(
+            v["http"][2]["route"][0]["headers"]["response"]["add"]["Set-Cookie"],
+            format!("{pcookie}; Max-Age=86400")
+        );
+        assert_eq!(
+            routes_of_virtual_service(&c, &spec).unwrap(),
+            Routes::weighted(20)
+        );
+    }
+
+    #[test]
     fn session_affinity_sticky_route() {
         let mut c = canary();
         c.spec.analysis = Some(CanaryAnalysis {
@@ -760,6 +834,22 @@ mod tests {
         assert_eq!(
             routes_of_virtual_service(&c, &spec).unwrap(),
             Routes::weighted(10)
+        );
+    }
+
+    #[test]
+    fn finalize_routes_everything_to_the_apex() {
+        let m = Routes {
+            primary: 100,
+            canary: 0,
+            mirror: true,
+            mirror_weight: Some(5),
+        };
+        let mut spec = render_virtual_service_spec(&canary(), m).unwrap();
+        finalize_virtual_service(&canary(), &mut spec).unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            json!({"hosts": ["podinfo"], "gateways": ["mesh"], "http": [{"route": [dest("podinfo", 100)]}]})
         );
     }
 

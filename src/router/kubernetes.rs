@@ -222,8 +222,16 @@ impl KubernetesRouter {
         inputs: &ServiceInputs,
     ) -> Result<[Applied; 3], RouterError> {
         let mut apex_target = ApexTarget::Primary;
+        // Only an apex Serin already manages can be mid-switch: a user's pre-existing
+        // Service of that name selects the target pods because it predates Serin, and
+        // is taken over pointing at the primary like any new apex.
         if self.switch_apex
             && let Some(live) = self.get_service(canary, &canary.apex_name()).await?
+            && live
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(apply::SPEC_HASH_ANNOTATION))
         {
             apex_target = apex_target_of(&live);
         }

@@ -3,6 +3,20 @@
 //!
 //! Every Canary gets the `kubernetes` router's Services (apex, `-primary`, `-canary`);
 //! a mesh or gateway router then adds its own objects on top, as Flagger does.
+//!
+//! Common to all adapters:
+//! - Rendering is pure (`render_*` functions, unit-tested); I/O goes through
+//!   [`apply`]: GET, compare, merge patch guarded by resourceVersion, only when a
+//!   managed field differs. Routing objects are not watched.
+//! - `reconcile` re-renders with the split read back from the live object, so an
+//!   in-flight step is never reset; a new object starts at 100% primary.
+//! - Before any write: the provider's API must be served (`MissingCrd`), referenced
+//!   objects must exist (`NotFound`), and `set_routes` checks that `-primary` and
+//!   `-canary` Services exist, so no route ever points at a missing Service.
+//! - Generated objects carry `app.kubernetes.io/managed-by: serin`,
+//!   `serin.dev/canary: <name>` and (set at creation) a controller owner reference to
+//!   the Canary; user-owned objects (routeRef, the user's Ingress) never do.
+//! - Session affinity cookies: see [`session_cookie`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -199,8 +213,8 @@ pub struct RoutingApis {
 }
 
 impl RoutingApis {
-    /// Everything served at its newest version: for unit tests and for callers that
-    /// cannot run discovery.
+    /// Everything served, with every optional field (Istio at `v1beta1`, which every
+    /// Istio since 1.5 serves): for unit tests and for callers that cannot run discovery.
     pub fn all() -> RoutingApis {
         RoutingApis {
             httproute_version: Some("v1".into()),
@@ -380,6 +394,29 @@ pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
     if let Some(c) = status.session_affinity_cookie.filter(|c| !c.is_empty()) {
         return c;
     }
+    derived_cookie(canary, &affinity.cookie_name)
+}
+
+/// The primary's cookie (`primaryCookieName=value`) for the current run, when
+/// `sessionAffinity.primaryCookieName` is set: sessions first answered by the primary
+/// stay on the primary while the canary's weight grows. From
+/// `status.primarySessionAffinityCookie`, else derived like [`session_cookie`].
+pub fn primary_session_cookie(canary: &Canary, affinity: &SessionAffinity) -> Option<String> {
+    let name = affinity
+        .primary_cookie_name
+        .as_deref()
+        .filter(|n| !n.is_empty())?;
+    let status = canary.status_or_default();
+    Some(
+        status
+            .primary_session_affinity_cookie
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| derived_cookie(canary, name)),
+    )
+}
+
+fn derived_cookie(canary: &Canary, cookie_name: &str) -> String {
+    let status = canary.status_or_default();
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(canary.namespace_or_default().as_bytes());
@@ -389,11 +426,9 @@ pub fn session_cookie(canary: &Canary, affinity: &SessionAffinity) -> String {
     h.update(canary.metadata.uid.as_deref().unwrap_or("").as_bytes());
     h.update(b"/");
     h.update(status.last_applied_spec.as_deref().unwrap_or("").as_bytes());
-    format!(
-        "{}={}",
-        affinity.cookie_name,
-        hex::encode(&h.finalize()[..10])
-    )
+    h.update(b"/");
+    h.update(cookie_name.as_bytes());
+    format!("{cookie_name}={}", hex::encode(&h.finalize()[..10]))
 }
 
 /// `Set-Cookie` value for `cookie` (`name=value`) with the attributes the user set,
@@ -443,4 +478,107 @@ pub(crate) fn routes_from(
     };
     r.validate()?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SmiVersion;
+    use crate::router::kubernetes::tests::{canary, inputs};
+
+    /// A client whose server does not exist: any API call fails with a Kube error, so a
+    /// `MissingCrd` result proves the check came before any request.
+    fn offline_client() -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("static URL"));
+        kube::Client::try_from(config).expect("client from static config")
+    }
+
+    #[tokio::test]
+    async fn every_provider_has_a_router_and_missing_crds_fail_before_any_call() {
+        let client = offline_client();
+        let none = RoutingApis::default();
+        for p in [
+            Provider::GatewayApiV1,
+            Provider::GatewayApiV1beta1,
+            Provider::Linkerd,
+            Provider::Istio,
+            Provider::Traefik,
+            Provider::Smi(SmiVersion::V1alpha1),
+            Provider::Smi(SmiVersion::V1alpha3),
+        ] {
+            let router = router_for(p, client.clone(), &none);
+            let mut c = canary();
+            if let Some(s) = c.spec.service.as_mut() {
+                s.gateway_refs = Some(vec![crate::crd::ParentReference {
+                    name: "gw".into(),
+                    ..Default::default()
+                }]);
+            }
+            let err = router.reconcile(&c, &inputs()).await.unwrap_err();
+            assert!(
+                matches!(err, RouterError::MissingCrd { .. }),
+                "{p:?}: {err}"
+            );
+            let err = router
+                .set_routes(&c, Routes::weighted(10))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, RouterError::MissingCrd { .. }),
+                "{p:?}: {err}"
+            );
+        }
+        // Bad weights are refused before any call, whatever the provider.
+        for p in [Provider::Kubernetes, Provider::Nginx, Provider::Istio] {
+            let router = router_for(p, client.clone(), &RoutingApis::all());
+            let bad = Routes {
+                primary: 70,
+                canary: 40,
+                mirror: false,
+                mirror_weight: None,
+            };
+            let err = router.set_routes(&canary(), bad).await.unwrap_err();
+            assert!(
+                matches!(err, RouterError::InvalidWeights { .. }),
+                "{p:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_cookie_prefers_status_and_is_stable_otherwise() {
+        let a = SessionAffinity {
+            cookie_name: "c".into(),
+            ..Default::default()
+        };
+        let mut c = canary();
+        let derived = session_cookie(&c, &a);
+        assert!(derived.starts_with("c=") && derived.len() > 10, "{derived}");
+        assert_eq!(session_cookie(&c, &a), derived, "stable across renders");
+        let mut st = c.status_or_default();
+        st.last_applied_spec = Some("rev2".into());
+        c.status = Some(st.clone());
+        assert_ne!(
+            session_cookie(&c, &a),
+            derived,
+            "a new revision gets a new cookie"
+        );
+        st.session_affinity_cookie = Some("c=fromstatus".into());
+        c.status = Some(st);
+        assert_eq!(session_cookie(&c, &a), "c=fromstatus");
+        let full = SessionAffinity {
+            cookie_name: "c".into(),
+            domain: Some("example.com".into()),
+            http_only: Some(true),
+            path: Some("/".into()),
+            same_site: Some("Strict".into()),
+            secure: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_set_cookie("c=v", &full, 60),
+            "c=v; Max-Age=60; Domain=example.com; HttpOnly; Path=/; SameSite=Strict; Secure"
+        );
+    }
 }

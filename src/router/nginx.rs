@@ -233,7 +233,15 @@ impl NginxRouter {
     async fn write(&self, canary: &Canary, routes: Routes) -> Result<(), RouterError> {
         let user = self.user_ingress(canary).await?;
         let obj = render_canary_ingress(canary, &user, routes)?;
-        apply::ensure(&self.client, &ingress_resource(), obj, &["/spec"]).await?;
+        let owned = ann("canary-by-");
+        apply::ensure_owning(
+            &self.client,
+            &ingress_resource(),
+            obj,
+            &["/spec"],
+            &[owned.as_str()],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -105,6 +105,12 @@ pub fn routes_of(canary: &Canary, spec: &Value) -> Result<Routes, RouterError> {
     routes_from(100 - cw, cw, false, None)
 }
 
+/// Finalize: the apex Service as the only backend (it then selects the target's pods)
+/// until the TrafficSplit is garbage-collected with the Canary.
+pub fn finalized_backends(canary: &Canary, v: SmiVersion) -> Value {
+    json!([{"service": canary.apex_name(), "weight": weight_value(v, 100)}])
+}
+
 pub struct SmiRouter {
     k8s: KubernetesRouter,
     client: kube::Client,
@@ -227,8 +233,7 @@ impl Router for SmiRouter {
             let Some(live) = self.live(canary).await? else {
                 return Ok(());
             };
-            let backends =
-                json!([{"service": canary.apex_name(), "weight": weight_value(self.version, 100)}]);
+            let backends = finalized_backends(canary, self.version);
             apply::patch_user_object(
                 &self.client,
                 &self.resource()?,
@@ -275,6 +280,10 @@ mod tests {
                 SmiVersion::V1alpha2
             )
             .is_err()
+        );
+        assert_eq!(
+            finalized_backends(&c, SmiVersion::V1alpha1),
+            json!([{"service": "podinfo", "weight": "100"}])
         );
     }
 }

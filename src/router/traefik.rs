@@ -190,6 +190,18 @@ pub fn routes_of(
     routes_from(p, c, false, None)
 }
 
+/// Finalize: the apex Service alone (it then selects the target's pods) until the
+/// TraefikService is garbage-collected with the Canary.
+pub fn finalized_spec(canary: &Canary) -> Result<TraefikServiceSpec, RouterError> {
+    let port = service_spec(canary)?.port;
+    Ok(TraefikServiceSpec {
+        weighted: Some(Weighted {
+            services: vec![weighted_service(&canary.apex_name(), port, 100)],
+        }),
+        mirroring: None,
+    })
+}
+
 pub struct TraefikRouter {
     k8s: KubernetesRouter,
     client: kube::Client,
@@ -362,13 +374,7 @@ impl Router for TraefikRouter {
             let Some((live, _)) = self.live_spec(canary, &canary.apex_name()).await? else {
                 return Ok(());
             };
-            let port = service_spec(canary)?.port;
-            let spec = TraefikServiceSpec {
-                weighted: Some(Weighted {
-                    services: vec![weighted_service(&canary.apex_name(), port, 100)],
-                }),
-                mirroring: None,
-            };
+            let spec = finalized_spec(canary)?;
             let v = serde_json::to_value(&spec).map_err(|source| RouterError::Serde {
                 context: format!("render TraefikService {}", canary.apex_name()),
                 source,
@@ -406,6 +412,14 @@ mod tests {
         assert_eq!(
             routes_of(&canary(), &apex, None).unwrap(),
             Routes::weighted(25)
+        );
+    }
+
+    #[test]
+    fn finalize_points_at_the_apex() {
+        assert_eq!(
+            serde_json::to_value(finalized_spec(&canary()).unwrap()).unwrap(),
+            json!({"weighted": {"services": [{"name": "podinfo", "kind": "Service", "port": 9898, "weight": 100}]}})
         );
     }
 
