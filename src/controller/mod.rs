@@ -221,6 +221,7 @@ async fn run_controller(
     let (configmaps, cm_stream) = store_of(api_for::<ConfigMap>(&client, ns), cfg.clone());
     let (secrets, secret_stream) = store_of(api_for::<Secret>(&client, ns), cfg.clone());
     let (templates, tpl_stream) = store_of(api_for::<MetricTemplate>(&client, ns), cfg.clone());
+    let (services, svc_stream) = store_of(api_for::<Service>(&client, ns), cfg.clone());
     let (providers, provider_stream) = store_of(api_for::<AlertProvider>(&client, ns), cfg.clone());
     // Alert providers trigger nothing; the stream only keeps the cache current.
     tokio::spawn(provider_stream.for_each(|_| async {}));
@@ -265,6 +266,7 @@ async fn run_controller(
             configmaps: configmaps.clone(),
             secrets: secrets.clone(),
             templates: templates.clone(),
+            services: services.clone(),
         },
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
@@ -284,7 +286,7 @@ async fn run_controller(
         canaries.clone(),
     );
     let controller = controller
-        .owns(api_for::<Service>(&client, ns), cfg.clone())
+        .owns_stream(svc_stream)
         .watches_stream(dep_stream, move |d: Deployment| {
             reconcile::canaries_for_workload(
                 &c1,
@@ -321,6 +323,7 @@ async fn run_controller(
                 wait_ready(&stores.configmaps).await;
                 wait_ready(&stores.secrets).await;
                 wait_ready(&stores.templates).await;
+                wait_ready(&stores.services).await;
             };
             synced.await;
             ready.store(true, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -63,6 +63,13 @@ pub struct Stores {
     pub configmaps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
     pub templates: Store<MetricTemplate>,
+    pub services: Store<Service>,
+}
+
+impl router::ServiceLookup for Store<Service> {
+    fn service(&self, namespace: &str, name: &str) -> Option<Service> {
+        self.get(&ObjectRef::new(name).within(namespace)).map(|s| (*s).clone())
+    }
 }
 
 pub struct Context {
@@ -204,12 +211,27 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         &canary.primary_name(),
     );
 
-    let router = router::router_for(settings.provider, ctx.client.clone(), &ctx.routing);
     let status = canary.status_or_default();
     let generation = canary.metadata.generation;
+    let ns_services = [
+        canary.apex_name(),
+        canary.primary_service_name(),
+        canary.canary_service_name(),
+    ];
     let routing_stale = status.observed_generation != generation
         || matches!(status.phase, None | Some(Phase::Initializing))
-        || status.last_applied_spec.as_deref() != Some(checksum.as_str());
+        || status.last_applied_spec.as_deref() != Some(checksum.as_str())
+        || ns_services
+            .iter()
+            .any(|s| ctx.stores.services.get(&ObjectRef::new(s).within(&ns)).is_none());
+    // Services come from the watch cache, except on a tick that (re)creates them:
+    // the cache cannot hold them yet.
+    let router = if routing_stale {
+        router::router_for(settings.provider, ctx.client.clone(), &ctx.routing)
+    } else {
+        let cache: Arc<dyn router::ServiceLookup> = Arc::new(ctx.stores.services.clone());
+        router::router_with(settings.provider, ctx.client.clone(), &ctx.routing, Some(cache))
+    };
     // The routers point the apex at the primary's pods: before the primary is ready
     // that would take traffic away from a Service the user already had.
     let initializing = matches!(status.phase, None | Some(Phase::Initializing));

@@ -974,6 +974,12 @@ pub struct GatewayApiRouter {
 }
 
 impl GatewayApiRouter {
+    /// Reads the backend Services from a watch cache (see `KubernetesRouter`).
+    pub fn with_services(mut self, services: std::sync::Arc<dyn super::ServiceLookup>) -> Self {
+        self.k8s = self.k8s.with_services(services);
+        self
+    }
+
     pub fn new(client: kube::Client, apis: RoutingApis, linkerd: bool) -> Self {
         GatewayApiRouter {
             k8s: KubernetesRouter::new(client.clone(), false),

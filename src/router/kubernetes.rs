@@ -35,6 +35,9 @@ pub struct KubernetesRouter {
     client: kube::Client,
     /// Provider `kubernetes`: the apex selector is the traffic switch.
     switch_apex: bool,
+    /// The operator's watch cache of Services, when it has one: reads come from it
+    /// instead of the API server.
+    services: Option<std::sync::Arc<dyn super::ServiceLookup>>,
 }
 
 /// Which pods the apex Service selects.
@@ -188,7 +191,14 @@ impl KubernetesRouter {
         KubernetesRouter {
             client,
             switch_apex,
+            services: None,
         }
+    }
+
+    /// Reads Services from `services` (a watch cache) rather than the API server.
+    pub fn with_services(mut self, services: std::sync::Arc<dyn super::ServiceLookup>) -> Self {
+        self.services = Some(services);
+        self
     }
 
     async fn get_service(
@@ -198,6 +208,19 @@ impl KubernetesRouter {
     ) -> Result<Option<DynamicObject>, RouterError> {
         let ar = service_resource();
         let ns = canary.namespace_or_default();
+        if let Some(cache) = &self.services {
+            return cache
+                .service(&ns, name)
+                .map(|svc| {
+                    serde_json::to_value(svc)
+                        .and_then(serde_json::from_value::<DynamicObject>)
+                        .map_err(|source| RouterError::Serde {
+                            context: format!("cached Service {ns}/{name}"),
+                            source,
+                        })
+                })
+                .transpose();
+        }
         apply::get_opt(&apply::dyn_api(&self.client, &ar, &ns), &ar, &ns, name).await
     }
 

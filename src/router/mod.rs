@@ -283,16 +283,39 @@ pub async fn discover(client: &kube::Client) -> RoutingApis {
 /// Builds the router for `provider`. Each returned router owns the apex/primary/canary
 /// Services through the embedded kubernetes router.
 pub fn router_for(provider: Provider, client: kube::Client, apis: &RoutingApis) -> Box<dyn Router> {
+    router_with(provider, client, apis, None)
+}
+
+/// Looks Services up in the operator's watch cache.
+pub trait ServiceLookup: Send + Sync {
+    fn service(&self, namespace: &str, name: &str) -> Option<k8s_openapi::api::core::v1::Service>;
+}
+
+/// `router_for`, reading Services from `services` when given (no API read per step).
+pub fn router_with(
+    provider: Provider,
+    client: kube::Client,
+    apis: &RoutingApis,
+    services: Option<std::sync::Arc<dyn ServiceLookup>>,
+) -> Box<dyn Router> {
+    macro_rules! cached {
+        ($r:expr) => {
+            match services {
+                Some(s) => Box::new($r.with_services(s)),
+                None => Box::new($r),
+            }
+        };
+    }
     match provider {
-        Provider::Kubernetes => Box::new(KubernetesRouter::new(client, true)),
+        Provider::Kubernetes => cached!(KubernetesRouter::new(client, true)),
         Provider::GatewayApiV1 | Provider::GatewayApiV1beta1 => {
-            Box::new(GatewayApiRouter::new(client, apis.clone(), false))
+            cached!(GatewayApiRouter::new(client, apis.clone(), false))
         }
-        Provider::Linkerd => Box::new(GatewayApiRouter::new(client, apis.clone(), true)),
-        Provider::Istio => Box::new(IstioRouter::new(client, apis.clone())),
-        Provider::Traefik => Box::new(TraefikRouter::new(client, apis.clone())),
-        Provider::Smi(v) => Box::new(SmiRouter::new(client, apis.clone(), v)),
-        Provider::Nginx => Box::new(NginxRouter::new(client)),
+        Provider::Linkerd => cached!(GatewayApiRouter::new(client, apis.clone(), true)),
+        Provider::Istio => cached!(IstioRouter::new(client, apis.clone())),
+        Provider::Traefik => cached!(TraefikRouter::new(client, apis.clone())),
+        Provider::Smi(v) => cached!(SmiRouter::new(client, apis.clone(), v)),
+        Provider::Nginx => cached!(NginxRouter::new(client)),
     }
 }
 

@@ -190,6 +190,12 @@ pub struct NginxRouter {
 }
 
 impl NginxRouter {
+    /// Reads the backend Services from a watch cache (see `KubernetesRouter`).
+    pub fn with_services(mut self, services: std::sync::Arc<dyn super::ServiceLookup>) -> Self {
+        self.k8s = self.k8s.with_services(services);
+        self
+    }
+
     pub fn new(client: kube::Client) -> Self {
         NginxRouter {
             k8s: KubernetesRouter::new(client.clone(), false),

@@ -119,6 +119,12 @@ pub struct SmiRouter {
 }
 
 impl SmiRouter {
+    /// Reads the backend Services from a watch cache (see `KubernetesRouter`).
+    pub fn with_services(mut self, services: std::sync::Arc<dyn super::ServiceLookup>) -> Self {
+        self.k8s = self.k8s.with_services(services);
+        self
+    }
+
     pub fn new(client: kube::Client, apis: RoutingApis, version: SmiVersion) -> Self {
         SmiRouter {
             k8s: KubernetesRouter::new(client.clone(), false),

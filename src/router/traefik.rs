@@ -209,6 +209,12 @@ pub struct TraefikRouter {
 }
 
 impl TraefikRouter {
+    /// Reads the backend Services from a watch cache (see `KubernetesRouter`).
+    pub fn with_services(mut self, services: std::sync::Arc<dyn super::ServiceLookup>) -> Self {
+        self.k8s = self.k8s.with_services(services);
+        self
+    }
+
     pub fn new(client: kube::Client, apis: RoutingApis) -> Self {
         TraefikRouter {
             k8s: KubernetesRouter::new(client.clone(), false),
