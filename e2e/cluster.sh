@@ -147,12 +147,18 @@ cmd_down() {
     log "nothing to stop (no $STATE)"
     return 0
   fi
-  stop_component prometheus 5
-  stop_component traefik 5
+  # SIGTERM to everything but etcd at once, then wait; the apiserver is known
+  # to sit on SIGTERM (it gets SIGKILL after its grace), and must go before etcd.
+  local c pid
+  for c in prometheus traefik kubelet-sim controller-manager apiserver; do
+    pid=$(pid_of "$c")
+    [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
+  done
   stop_component kubelet-sim 10
   kill_pod_processes
-  stop_component controller-manager 5
-  # The apiserver ignores SIGTERM while etcd is gone; stop it first, with a short grace.
+  stop_component prometheus 5
+  stop_component traefik 5
+  stop_component controller-manager 3
   stop_component apiserver 3
   stop_component etcd 5
   remove_network
@@ -468,6 +474,18 @@ check_ports() {
 cmd_up() {
   local t0=$SECONDS
   preflight
+  local any=0 c
+  for c in "${COMPONENTS[@]}"; do alive "$c" && any=1; done
+  if ((any == 0)) && [[ -d $STATE ]]; then
+    # Nothing runs: start from a clean state (a failed run may have left etcd data).
+    rm -rf "$STATE"
+  fi
+  # Fail fast, before starting anything, when a port we need is taken.
+  alive etcd || check_ports etcd 127.0.0.1:2379 127.0.0.1:2380
+  alive apiserver || check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
+  alive controller-manager || check_ports kube-controller-manager 127.0.0.1:10257
+  alive traefik || check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
+  alive prometheus || check_ports prometheus "$PROM_ADDR"
   trap cleanup_failed_up EXIT
   mkdir -p "$STATE"/{logs,pids,pods,prometheus,etcd}
   install_packages
@@ -483,9 +501,16 @@ cmd_up() {
   log "kubernetes binaries: e2e/scripts/build-k8s.sh (cached after the first build, ~15 min cold)"
   k8s_bin=$(bash "$REPO/e2e/scripts/build-k8s.sh") || die "building kube-apiserver/kube-controller-manager failed (log: $CACHE/build-k8s.log)"
 
-  log "building the kubelet simulator and sample app (cargo, target $TARGET_DIR)"
-  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build -q -p serin-e2e --bins) >>"$STATE/logs/cargo.log" 2>&1 ||
-    die "cargo build -p serin-e2e failed (log: $STATE/logs/cargo.log)"
+  # Build this crate's binaries unless they are newer than every source (skipping
+  # cargo keeps a warm `up` fast when other builds hold the target dir's lock).
+  local sim_bin=$TARGET_DIR/debug/serin-kubelet-sim app_bin=$TARGET_DIR/debug/serin-sample-app
+  if [[ ! -x $sim_bin || ! -x $app_bin ]] ||
+    [[ -n $(find "$REPO/e2e/src" "$REPO/e2e/Cargo.toml" "$REPO/Cargo.lock" -newer "$sim_bin" -print -quit 2>/dev/null) ]] ||
+    [[ -n $(find "$REPO/e2e/src" "$REPO/e2e/Cargo.toml" "$REPO/Cargo.lock" -newer "$app_bin" -print -quit 2>/dev/null) ]]; then
+    log "building the kubelet simulator and sample app (cargo, target $TARGET_DIR)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build -q -p serin-e2e --bins) >>"$STATE/logs/cargo.log" 2>&1 ||
+      die "cargo build -p serin-e2e failed (log: $STATE/logs/cargo.log)"
+  fi
 
   make_certs
   make_tokens
