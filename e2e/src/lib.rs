@@ -114,7 +114,13 @@ impl ClusterEnv {
                 panic!("{test}: no cluster, and SERIN_E2E_REQUIRED=1 (run e2e/cluster.sh up first)")
             }
             None => {
-                eprintln!("{test}: skipped: no cluster (run e2e/cluster.sh up)");
+                // Written to the real stderr, past the test harness' capture,
+                // so the skip shows in a normal `cargo test` run.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test}: skipped: no cluster (run e2e/cluster.sh up)"
+                );
                 None
             }
         }
