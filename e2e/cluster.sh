@@ -18,17 +18,25 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${SERIN_E2E_STATE:-/tmp/serin-e2e}
 CACHE=${SERIN_E2E_CACHE:-$HOME/.cache/serin-e2e}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-BRIDGE=serin0
-BRIDGE_ADDR=10.244.0.1/24
-NETNS_PREFIX=serin-pod-
-NODE_NAME=serin-node
+# Defaults are the documented addresses; the overrides let a second cluster run
+# beside the first (give it its own STATE, ports, bridge, netns prefix, subnet).
+BRIDGE=${SERIN_E2E_BRIDGE:-serin0}
+POD_SUBNET=${SERIN_E2E_POD_SUBNET:-10.244.0} # a /24 inside 10.244.0.0/16; host is .1
+HOST_IP=$POD_SUBNET.1
+BRIDGE_ADDR=$HOST_IP/24
+NETNS_PREFIX=${SERIN_E2E_NETNS_PREFIX:-serin-pod-}
+NODE_NAME=${SERIN_E2E_NODE:-serin-node}
 TRAEFIK_VERSION=3.0.4
 
-APISERVER_PORT=6443
-GATEWAY_ADDR=127.0.0.1:8000
-TRAEFIK_METRICS_ADDR=127.0.0.1:8082
-PROM_ADDR=127.0.0.1:9090
-OPERATOR_METRICS_ADDR=127.0.0.1:9091
+ETCD_PORT=${SERIN_E2E_ETCD_PORT:-2379}
+ETCD_PEER_PORT=${SERIN_E2E_ETCD_PEER_PORT:-2380}
+APISERVER_PORT=${SERIN_E2E_APISERVER_PORT:-6443}
+CM_PORT=${SERIN_E2E_CM_PORT:-10257}
+GATEWAY_PORT=${SERIN_E2E_GATEWAY_PORT:-8000}
+GATEWAY_ADDR=127.0.0.1:$GATEWAY_PORT
+TRAEFIK_METRICS_ADDR=127.0.0.1:${SERIN_E2E_TRAEFIK_METRICS_PORT:-8082}
+PROM_ADDR=127.0.0.1:${SERIN_E2E_PROMETHEUS_PORT:-9090}
+OPERATOR_METRICS_ADDR=127.0.0.1:${SERIN_E2E_OPERATOR_METRICS_PORT:-9091}
 
 # Components in start order; down stops them in reverse.
 COMPONENTS=(etcd apiserver controller-manager kubelet-sim traefik prometheus)
@@ -229,6 +237,8 @@ install_packages() {
 }
 
 preflight() {
+  [[ $POD_SUBNET =~ ^10\.244\.([0-9]{1,3})$ && ${BASH_REMATCH[1]} -le 255 ]] ||
+    die "SERIN_E2E_POD_SUBNET must be 10.244.N (a /24 of 10.244.0.0/16), got $POD_SUBNET"
   [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces, veths, apt-get)"
   ip netns list >/dev/null 2>&1 || die "'ip netns' is not usable (iproute2 missing or no CAP_NET_ADMIN)"
 }
@@ -247,7 +257,7 @@ make_certs() {
         -keyout "$d/tls.key" -out "$d/tls.csr" &&
       printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
         "extendedKeyUsage=serverAuth" \
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:10.244.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$HOST_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
         >"$d/tls.ext" &&
       openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
         -extfile "$d/tls.ext" -out "$d/tls.crt"
@@ -406,7 +416,7 @@ EOF
 }
 
 apply_gateway() {
-  kc_strict apply -f - >>"$STATE/logs/gateway.log" 2>&1 <<'EOF' || die "creating GatewayClass/Gateway failed (log: $STATE/logs/gateway.log)"
+  kc_strict apply -f - >>"$STATE/logs/gateway.log" 2>&1 <<EOF || die "creating GatewayClass/Gateway failed (log: $STATE/logs/gateway.log)"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata:
@@ -424,7 +434,7 @@ spec:
   listeners:
     - name: web
       protocol: HTTP
-      port: 8000
+      port: $GATEWAY_PORT
       allowedRoutes:
         namespaces:
           from: All
@@ -457,7 +467,8 @@ export SERIN_E2E_PROMETHEUS=http://$PROM_ADDR
 export SERIN_E2E_TRAEFIK_METRICS=http://$TRAEFIK_METRICS_ADDR/metrics
 export SERIN_E2E_OPERATOR_METRICS_ADDR=$OPERATOR_METRICS_ADDR
 export SERIN_E2E_NODE=$NODE_NAME
-export SERIN_E2E_HOST_IP=${BRIDGE_ADDR%/*}
+export SERIN_E2E_HOST_IP=$HOST_IP
+export SERIN_E2E_POD_SUBNET=$POD_SUBNET
 export SERIN_E2E_BIN_DIR=$TARGET_DIR/debug
 EOF
 }
@@ -481,9 +492,9 @@ cmd_up() {
     rm -rf "$STATE"
   fi
   # Fail fast, before starting anything, when a port we need is taken.
-  alive etcd || check_ports etcd 127.0.0.1:2379 127.0.0.1:2380
+  alive etcd || check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
   alive apiserver || check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
-  alive controller-manager || check_ports kube-controller-manager 127.0.0.1:10257
+  alive controller-manager || check_ports kube-controller-manager 127.0.0.1:$CM_PORT
   alive traefik || check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
   alive prometheus || check_ports prometheus "$PROM_ADDR"
   trap cleanup_failed_up EXIT
@@ -517,18 +528,18 @@ cmd_up() {
   write_kubeconfig
 
   if ! alive etcd; then
-    check_ports etcd 127.0.0.1:2379 127.0.0.1:2380
+    check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
     spawn etcd etcd --name serin-e2e --data-dir "$STATE/etcd" \
-      --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-      --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-      --initial-cluster serin-e2e=http://127.0.0.1:2380
-    wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:2379/health
+      --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+      --listen-peer-urls http://127.0.0.1:$ETCD_PEER_PORT --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER_PORT \
+      --initial-cluster serin-e2e=http://127.0.0.1:$ETCD_PEER_PORT
+    wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:$ETCD_PORT/health
     log "etcd up"
   fi
 
   if ! alive apiserver; then
     check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
-    spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+    spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:$ETCD_PORT \
       --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 --insecure-port 0 \
       --tls-cert-file "$STATE/pki/tls.crt" --tls-private-key-file "$STATE/pki/tls.key" \
       --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC \
@@ -541,13 +552,13 @@ cmd_up() {
   fi
 
   if ! alive controller-manager; then
-    check_ports kube-controller-manager 127.0.0.1:10257
+    check_ports kube-controller-manager 127.0.0.1:$CM_PORT
     spawn controller-manager "$k8s_bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
       --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
       --use-service-account-credentials=false \
-      --leader-elect=false --bind-address 127.0.0.1 --secure-port 10257 --port 0 \
+      --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
       --controllers '*,-nodelifecycle' --concurrent-deployment-syncs 5 --concurrent-replicaset-syncs 5
-    wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:10257/healthz
+    wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:$CM_PORT/healthz
     log "kube-controller-manager up"
   fi
 
@@ -567,7 +578,7 @@ cmd_up() {
     ip link set "$BRIDGE" up
     write_prometheus_config
     spawn kubelet-sim "$TARGET_DIR/debug/serin-kubelet-sim" --kubeconfig "$STATE/kubeconfig" \
-      --node-name "$NODE_NAME" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
+      --node-name "$NODE_NAME" --host-ip "$HOST_IP" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
       --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug"
     wait_until 30 "node $NODE_NAME Ready" kubelet-sim node_ready
     log "kubelet simulator up (node $NODE_NAME)"
