@@ -205,6 +205,7 @@ cleanup_failed_up() {
 
 install_packages() {
   local need=() p
+  mkdir -p "$CACHE"
   command -v ip >/dev/null || need+=(iproute2)
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v prometheus >/dev/null || need+=(prometheus)
