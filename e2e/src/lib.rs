@@ -339,6 +339,8 @@ pub struct SampleApp {
     pub env_from: Vec<Value>,
     /// Pod template annotations (besides the Prometheus ones).
     pub annotations: BTreeMap<String, String>,
+    /// startupProbe httpGet on this path every second (2 failures restart).
+    pub startup_probe_path: Option<String>,
 }
 
 impl SampleApp {
@@ -358,7 +360,12 @@ impl SampleApp {
             env_raw: Vec::new(),
             env_from: Vec::new(),
             annotations: BTreeMap::new(),
+            startup_probe_path: None,
         }
+    }
+    pub fn startup_probe(mut self, path: &str) -> Self {
+        self.startup_probe_path = Some(path.into());
+        self
     }
     /// Adds a raw `env` entry, e.g. `{"name": "MESSAGE", "valueFrom": {"configMapKeyRef": ...}}`.
     pub fn env_json(mut self, entry: Value) -> Self {
@@ -424,6 +431,12 @@ impl SampleApp {
         });
         if !self.env_from.is_empty() {
             container["envFrom"] = Value::Array(self.env_from.clone());
+        }
+        if let Some(path) = &self.startup_probe_path {
+            container["startupProbe"] = json!({
+                "httpGet": {"path": path, "port": self.port},
+                "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 1
+            });
         }
         if self.liveness_probe {
             container["livenessProbe"] = json!({

@@ -575,6 +575,14 @@ async fn probes_decide_readiness_and_restarts() {
         .await
         .expect("unhealthy");
 
+    // Its startup probe never passes: never started, never ready, restarted.
+    SampleApp::new(&ns.name, "nostart", APP)
+        .env("READY", "false")
+        .startup_probe("/readyz")
+        .deploy(&client)
+        .await
+        .expect("nostart");
+
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let notready = wait_for("the not-ready pod to run", Duration::from_secs(30), || {
         let pods = pods.clone();
@@ -654,6 +662,33 @@ async fn probes_decide_readiness_and_restarts() {
             .is_some(),
         "lastState.terminated after a liveness kill"
     );
+
+    let nostart = wait_for("the startup-probe restart", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=nostart"))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .is_some_and(|c| c.restart_count >= 1)
+            }))
+        }
+    })
+    .await
+    .expect("startup probe restart");
+    let cs = &nostart
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(cs.started, Some(false), "startup probe never passed");
+    assert!(!pod_ready(&nostart));
     ns.cleanup().await.expect("cleanup");
 }
 
