@@ -11,6 +11,7 @@
 //! ```
 
 pub mod load;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::future::Future;
