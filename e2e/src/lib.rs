@@ -12,6 +12,7 @@
 
 pub mod load;
 pub mod operator;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -115,7 +116,13 @@ impl ClusterEnv {
                 panic!("{test}: no cluster, and SERIN_E2E_REQUIRED=1 (run e2e/cluster.sh up first)")
             }
             None => {
-                eprintln!("{test}: skipped: no cluster (run e2e/cluster.sh up)");
+                // Written to the real stderr, past the test harness' capture,
+                // so the skip shows in a normal `cargo test` run.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test}: skipped: no cluster (run e2e/cluster.sh up)"
+                );
                 None
             }
         }
@@ -334,6 +341,8 @@ pub struct SampleApp {
     pub env_from: Vec<Value>,
     /// Pod template annotations (besides the Prometheus ones).
     pub annotations: BTreeMap<String, String>,
+    /// startupProbe httpGet on this path every second (2 failures restart).
+    pub startup_probe_path: Option<String>,
 }
 
 impl SampleApp {
@@ -353,7 +362,12 @@ impl SampleApp {
             env_raw: Vec::new(),
             env_from: Vec::new(),
             annotations: BTreeMap::new(),
+            startup_probe_path: None,
         }
+    }
+    pub fn startup_probe(mut self, path: &str) -> Self {
+        self.startup_probe_path = Some(path.into());
+        self
     }
     /// Adds a raw `env` entry, e.g. `{"name": "MESSAGE", "valueFrom": {"configMapKeyRef": ...}}`.
     pub fn env_json(mut self, entry: Value) -> Self {
@@ -419,6 +433,12 @@ impl SampleApp {
         });
         if !self.env_from.is_empty() {
             container["envFrom"] = Value::Array(self.env_from.clone());
+        }
+        if let Some(path) = &self.startup_probe_path {
+            container["startupProbe"] = json!({
+                "httpGet": {"path": path, "port": self.port},
+                "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 1
+            });
         }
         if self.liveness_probe {
             container["livenessProbe"] = json!({

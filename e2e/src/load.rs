@@ -1,7 +1,7 @@
 //! Load generator: sends real HTTP requests at a fixed rate, bounded in count and
 //! time, and counts responses per version (`x-version` header or JSON `version`)
 //! and per status. Only loopback and the local cluster's pod network
-//! (10.244.0.0/24) are allowed as targets.
+//! (10.244.0.0/16, the /24s cluster.sh hands to pods) are allowed as targets.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -137,14 +137,16 @@ pub fn check_target(url: &str) -> Result<()> {
         IpAddr::V6(v6) => v6.is_loopback(),
     };
     if !allowed {
-        bail!("refusing to send load to {ip}: only loopback and 10.244.0.0/24 are allowed");
+        bail!(
+            "refusing to send load to {ip}: only loopback and the pod network 10.244.0.0/16 are allowed"
+        );
     }
     Ok(())
 }
 
 fn is_pod_network(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
-    o[0] == 10 && o[1] == 244 && o[2] == 0
+    o[0] == 10 && o[1] == 244
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -273,6 +275,7 @@ mod tests {
         assert!(check_target("http://10.244.0.7:8080/").is_ok());
         assert!(check_target("http://[::1]:80/").is_ok());
         assert!(check_target("http://10.0.0.1/").is_err());
+        assert!(check_target("http://10.245.0.1/").is_err());
         assert!(check_target("http://192.168.1.1/").is_err());
         assert!(check_target("http://example.com/").is_err());
         assert!(check_target("ftp://127.0.0.1/").is_err());

@@ -57,9 +57,14 @@ async fn deployment_becomes_available_pods_answer_and_prometheus_scrapes() {
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .expect("pod IP");
+        let subnet = env
+            .host_ip
+            .rsplit_once('.')
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
         assert!(
-            ip.starts_with("10.244.0."),
-            "pod IP {ip} in the pod network"
+            ip.starts_with(&format!("{subnet}.")),
+            "pod IP {ip} in the pod network {subnet}.0/24"
         );
         ips.insert(ip.clone());
         let body: serde_json::Value = http
@@ -442,7 +447,7 @@ async fn promql_split_matches_load_generator_counts() {
         ns.name
     );
     // Counter deltas since `before`, computed by Prometheus.
-    let (total, share) = wait_for(
+    let measured = wait_for(
         "Prometheus to have scraped all 1000 requests",
         Duration::from_secs(20),
         || {
@@ -450,9 +455,12 @@ async fn promql_split_matches_load_generator_counts() {
                 (sel_all.clone(), sel_canary.clone(), env.prometheus.clone());
             async move {
                 let off = format!("{}ms", before.elapsed().as_millis());
-                let total_q = format!("sum({sel_all}) - sum({sel_all} offset {off})");
-                let share_q =
-                    format!("(sum({sel_canary}) - sum({sel_canary} offset {off})) / ({total_q})");
+                // `or vector(0)`: a series born inside the window counts from 0.
+                let total_q =
+                    format!("sum({sel_all}) - (sum({sel_all} offset {off}) or vector(0))");
+                let share_q = format!(
+                    "(sum({sel_canary}) - (sum({sel_canary} offset {off}) or vector(0))) / ({total_q})"
+                );
                 let total = prom_sum(&prom, &total_q).await?;
                 if total < 1000.0 {
                     return Ok(None);
@@ -462,8 +470,14 @@ async fn promql_split_matches_load_generator_counts() {
             }
         },
     )
-    .await
-    .expect("scraped");
+    .await;
+    let (total, share) = match measured {
+        Ok(v) => v,
+        Err(e) => {
+            let now = prom_query(&env.prometheus, &sel_all).await;
+            panic!("{e:#}; series now: {now:?}; load generator: {r:?}");
+        }
+    };
     eprintln!(
         "load generator: v2 share {gen_share:.4} of {}; PromQL: share {share:.4} of {total}",
         r.responses
@@ -561,6 +575,14 @@ async fn probes_decide_readiness_and_restarts() {
         .await
         .expect("unhealthy");
 
+    // Its startup probe never passes: never started, never ready, restarted.
+    SampleApp::new(&ns.name, "nostart", APP)
+        .env("READY", "false")
+        .startup_probe("/readyz")
+        .deploy(&client)
+        .await
+        .expect("nostart");
+
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let notready = wait_for("the not-ready pod to run", Duration::from_secs(30), || {
         let pods = pods.clone();
@@ -640,6 +662,33 @@ async fn probes_decide_readiness_and_restarts() {
             .is_some(),
         "lastState.terminated after a liveness kill"
     );
+
+    let nostart = wait_for("the startup-probe restart", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=nostart"))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .is_some_and(|c| c.restart_count >= 1)
+            }))
+        }
+    })
+    .await
+    .expect("startup probe restart");
+    let cs = &nostart
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(cs.started, Some(false), "startup probe never passed");
+    assert!(!pod_ready(&nostart));
     ns.cleanup().await.expect("cleanup");
 }
 

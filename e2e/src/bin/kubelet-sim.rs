@@ -655,6 +655,9 @@ struct ContainerRt {
     ready: bool,
     readiness: ProbeState,
     liveness: ProbeState,
+    startup: ProbeState,
+    /// The startupProbe (if any) has succeeded since the last start.
+    startup_done: bool,
     pid_file: PathBuf,
     log_file: PathBuf,
 }
@@ -999,6 +1002,8 @@ async fn start_container(
     c.current_terminated = None;
     c.readiness = ProbeState::default();
     c.liveness = ProbeState::default();
+    c.startup = ProbeState::default();
+    c.startup_done = c.spec.startup_probe.is_none();
     c.ready = false;
     Ok(())
 }
@@ -1184,6 +1189,8 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
             ready: false,
             readiness: ProbeState::default(),
             liveness: ProbeState::default(),
+            startup: ProbeState::default(),
+            startup_done: false,
             pid_file: pods_dir.join(format!("{uid}-{}.pid", c.name)),
             log_file: pods_dir.join(format!("{safe_name}_{}.log", c.name)),
         })
@@ -1237,6 +1244,30 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
             }
             // Probes.
             if let (true, Some(started)) = (c.running(), c.started_instant) {
+                // startupProbe: nothing else is probed (and the container is not
+                // ready) until it succeeds; its failure restarts the container.
+                if !c.startup_done
+                    && let Some(p) = c.spec.startup_probe.clone()
+                {
+                    match run_probe(&sim, &p, &mut c.startup, started, netns.ip, &c.spec).await {
+                        Some(true) => c.startup_done = true,
+                        Some(false) => {
+                            info!(
+                                "{key} container {}: startup probe failed, restarting",
+                                c.spec.name
+                            );
+                            let code = stop_child(c, grace).await.unwrap_or(137);
+                            c.ready = false;
+                            on_exit(c, code, &restart_policy, sim.args.max_backoff_secs);
+                            continue;
+                        }
+                        None => {}
+                    }
+                    if !c.startup_done {
+                        c.ready = false;
+                        continue;
+                    }
+                }
                 if let Some(p) = c.spec.liveness_probe.clone()
                     && run_probe(&sim, &p, &mut c.liveness, started, netns.ip, &c.spec).await
                         == Some(false)
@@ -1377,7 +1408,7 @@ fn pod_status(
             json!({
                 "name": c.spec.name,
                 "ready": c.ready && c.running(),
-                "started": c.running(),
+                "started": c.running() && c.startup_done,
                 "restartCount": c.restart_count,
                 "image": c.spec.image.clone().unwrap_or_default(),
                 "imageID": "",
