@@ -64,24 +64,28 @@ pub async fn install(env: &ClusterEnv) -> Result<String> {
             let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "serin-system");
             let secrets: Api<Secret> = Api::namespaced(client.clone(), "serin-system");
             // 1.20's token controller creates the ServiceAccount's token Secret.
-            wait_for("serin ServiceAccount token", Duration::from_secs(30), || {
-                let sas = sas.clone();
-                let secrets = secrets.clone();
-                async move {
-                    let Some(sa) = sas.get_opt("serin").await? else {
-                        return Ok(None);
-                    };
-                    for r in sa.secrets.unwrap_or_default() {
-                        let Some(name) = r.name else { continue };
-                        if let Some(s) = secrets.get_opt(&name).await?
-                            && let Some(tok) = s.data.as_ref().and_then(|d| d.get("token"))
-                        {
-                            return Ok(Some(String::from_utf8(tok.0.clone())?));
+            wait_for(
+                "serin ServiceAccount token",
+                Duration::from_secs(30),
+                || {
+                    let sas = sas.clone();
+                    let secrets = secrets.clone();
+                    async move {
+                        let Some(sa) = sas.get_opt("serin").await? else {
+                            return Ok(None);
+                        };
+                        for r in sa.secrets.unwrap_or_default() {
+                            let Some(name) = r.name else { continue };
+                            if let Some(s) = secrets.get_opt(&name).await?
+                                && let Some(tok) = s.data.as_ref().and_then(|d| d.get("token"))
+                            {
+                                return Ok(Some(String::from_utf8(tok.0.clone())?));
+                            }
                         }
+                        Ok(None)
                     }
-                    Ok(None)
-                }
-            })
+                },
+            )
             .await
         })
         .await
@@ -101,9 +105,14 @@ impl Operator {
         let token = install(env).await?;
         let bin = bin_dir().join("serin");
         if !bin.exists() {
-            bail!("{} not found: run `cargo build --workspace` first", bin.display());
+            bail!(
+                "{} not found: run `cargo build --workspace` first",
+                bin.display()
+            );
         }
-        let kubeconfig = env.state_dir.join(format!("operator-{namespace}.kubeconfig"));
+        let kubeconfig = env
+            .state_dir
+            .join(format!("operator-{namespace}.kubeconfig"));
         let kc = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: serin\n  user:\n    token: {}\ncontexts:\n- name: serin\n  context: {{cluster: local, user: serin}}\ncurrent-context: serin\n",
             env.apiserver,
@@ -130,7 +139,9 @@ impl Operator {
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let metrics_url = format!("http://127.0.0.1:{port}");
         let mut op = Operator {
             child,

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Service};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::{Value, json};
 use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
@@ -24,7 +26,10 @@ fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
 }
 
 async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
-    let c = api.get(name).await.with_context(|| format!("get canary {name}"))?;
+    let c = api
+        .get(name)
+        .await
+        .with_context(|| format!("get canary {name}"))?;
     Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
 }
 
@@ -55,7 +60,10 @@ async fn wait_phase(
             return Ok(s);
         }
         let terminal = ["Succeeded", "Failed"];
-        if terminal.contains(&p.as_str()) && terminal.contains(&want) && seen.contains("Progressing") {
+        if terminal.contains(&p.as_str())
+            && terminal.contains(&want)
+            && seen.contains("Progressing")
+        {
             bail!(
                 "canary {name} reached {p}, wanted {want}; status {s}\noperator log:\n{}",
                 op.log_tail(40)
@@ -73,7 +81,9 @@ async fn wait_phase(
 
 /// The version each ready pod of `selector` answers with, asked at its pod IP.
 async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let mut out = Vec::new();
     for pod in list_pods(client, ns, selector).await? {
         if !serin_e2e::pod_ready(&pod) {
@@ -82,15 +92,27 @@ async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<S
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
         };
-        let v: Value = http.get(format!("http://{ip}:8080/version")).send().await?.json().await?;
-        out.push(v.get("version").and_then(Value::as_str).unwrap_or("?").to_string());
+        let v: Value = http
+            .get(format!("http://{ip}:8080/version"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        out.push(
+            v.get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+        );
     }
     out.sort();
     Ok(out)
 }
 
 async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
-    let d = Api::<Deployment>::namespaced(client.clone(), ns).get(name).await?;
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
     Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
 }
 
@@ -108,7 +130,11 @@ async fn release(client: &Client, app: &SampleApp) -> Result<()> {
     Ok(())
 }
 
-async fn events_for(client: &Client, ns: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+async fn events_for(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<(String, String, String)>> {
     let evs = Api::<Event>::namespaced(client.clone(), ns)
         .list(&Default::default())
         .await?;
@@ -156,12 +182,32 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
     .await?;
     let api = canaries(&client, &ns.name);
     let mut seen = BTreeSet::new();
-    wait_phase(&api, "app", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
-    assert_eq!(replicas(&client, &ns.name, "app").await?, 0, "target scaled to 0");
-    assert_eq!(pod_versions(&client, &ns.name, "app=app-primary").await?, ["v1", "v1"]);
-    let svc = Api::<Service>::namespaced(client.clone(), &ns.name).get("app").await?;
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
     assert_eq!(
-        svc.spec.and_then(|s| s.selector).and_then(|s| s.get("app").cloned()).as_deref(),
+        replicas(&client, &ns.name, "app").await?,
+        0,
+        "target scaled to 0"
+    );
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v1", "v1"]
+    );
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("app")
+        .await?;
+    assert_eq!(
+        svc.spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get("app").cloned())
+            .as_deref(),
         Some("app-primary")
     );
 
@@ -185,7 +231,10 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(seen.contains("Progressing") && seen.contains("Promoting"), "{seen:?}");
+    assert!(
+        seen.contains("Progressing") && seen.contains("Promoting"),
+        "{seen:?}"
+    );
     assert!(
         apex_targets.contains("app") && apex_targets.contains("app-primary"),
         "apex should have switched to the canary pods and back: {apex_targets:?}"
@@ -202,10 +251,25 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
     seen.clear();
     release(&client, &app).await?;
     let started = Instant::now();
-    let failed = wait_phase(&api, "app", "Failed", Duration::from_secs(90), &op, &mut seen).await?;
+    let failed = wait_phase(
+        &api,
+        "app",
+        "Failed",
+        Duration::from_secs(90),
+        &op,
+        &mut seen,
+    )
+    .await?;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(20), "failed after {took:?}, before the 20s deadline");
-    assert_eq!(pod_versions(&client, &ns.name, "app=app-primary").await?, ["v2", "v2"], "primary untouched");
+    assert!(
+        took >= Duration::from_secs(20),
+        "failed after {took:?}, before the 20s deadline"
+    );
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v2", "v2"],
+        "primary untouched"
+    );
     wait_for("target at 0", Duration::from_secs(20), || async {
         Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(()))
     })
@@ -213,11 +277,15 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
     assert_eq!(weight(&failed), 0);
     let evs = events_for(&client, &ns.name, "app").await?;
     assert!(
-        evs.iter().any(|(t, r, m)| t == "Warning" && r == "Failed" && m.contains("not ready within 20s")),
+        evs.iter()
+            .any(|(t, r, m)| t == "Warning" && r == "Failed" && m.contains("not ready within 20s")),
         "{evs:?}"
     );
     let metrics = op.metrics().await?;
-    let line = format!("serin_canary_status{{name=\"app\",namespace=\"{}\"}} 2", ns.name);
+    let line = format!(
+        "serin_canary_status{{name=\"app\",namespace=\"{}\"}} 2",
+        ns.name
+    );
     assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     drop(op);
     ns.cleanup().await?;
@@ -272,12 +340,23 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
     .await?;
     let api = canaries(&client, &ns.name);
     let mut seen = BTreeSet::new();
-    wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
+    wait_phase(
+        &api,
+        "web",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
     let url = format!("{}/", env.gateway);
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
 
     // Background load so the success-rate metric has data at every step.
-    let bg_spec = LoadSpec::new(&url).host(&host).rate(20.0).duration(Duration::from_secs(200));
+    let bg_spec = LoadSpec::new(&url)
+        .host(&host)
+        .rate(20.0)
+        .duration(Duration::from_secs(200));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
 
     app = app.version("v2");
@@ -317,20 +396,41 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
     assert_eq!(checked, BTreeSet::from([20, 50]), "both steps measured");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
-    assert_eq!(after.count("v2"), after.responses, "all traffic on the promoted primary");
+    assert_eq!(
+        after.count("v2"),
+        after.responses,
+        "all traffic on the promoted primary"
+    );
 
     app = app.version("v3").env("ERROR_RATE", "0.3");
     seen.clear();
     release(&client, &app).await?;
-    let failed = wait_phase(&api, "web", "Failed", Duration::from_secs(120), &op, &mut seen).await?;
-    let checks = failed["lastAnalysis"].as_array().cloned().unwrap_or_default();
+    let failed = wait_phase(
+        &api,
+        "web",
+        "Failed",
+        Duration::from_secs(120),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let checks = failed["lastAnalysis"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        checks.iter().any(|c| c["name"] == "request-success-rate" && c["verdict"] == "Fail"),
+        checks
+            .iter()
+            .any(|c| c["name"] == "request-success-rate" && c["verdict"] == "Fail"),
         "rolled back for the success rate: {failed}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
-    assert_eq!(back.count("v2"), back.responses, "all traffic back on the primary: {back:?}");
+    assert_eq!(
+        back.count("v2"),
+        back.responses,
+        "all traffic back on the primary: {back:?}"
+    );
     bg.abort();
     drop(op);
     ns.cleanup().await?;
@@ -366,20 +466,40 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
     };
     let bg = json!({"interval": "5s", "iterations": 1});
     let cases = [
-        ("ghost", canary("ghost", "missing", bg.clone(), "kubernetes"), "TargetNotFound", "not found"),
+        (
+            "ghost",
+            canary("ghost", "missing", bg.clone(), "kubernetes"),
+            "TargetNotFound",
+            "not found",
+        ),
         (
             "badint",
-            canary("badint", "good", json!({"interval": "soon", "iterations": 1}), "kubernetes"),
+            canary(
+                "badint",
+                "good",
+                json!({"interval": "soon", "iterations": 1}),
+                "kubernetes",
+            ),
             "InvalidSpec",
             "spec.analysis.interval",
         ),
         (
             "weights",
-            canary("weights", "good", json!({"interval": "5s", "stepWeights": [50, 20]}), "istio"),
+            canary(
+                "weights",
+                "good",
+                json!({"interval": "5s", "stepWeights": [50, 20]}),
+                "istio",
+            ),
             "InvalidSpec",
             "must increase",
         ),
-        ("envoy", canary("envoy", "good", bg.clone(), "envoy"), "InvalidSpec", "\"envoy\" is not supported"),
+        (
+            "envoy",
+            canary("envoy", "good", bg.clone(), "envoy"),
+            "InvalidSpec",
+            "\"envoy\" is not supported",
+        ),
         (
             "notemplate",
             canary(
@@ -399,49 +519,100 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
     apply_json(&client, canary("good", "good", bg.clone(), "kubernetes")).await?;
     let api = canaries(&client, &ns.name);
     let mut seen = BTreeSet::new();
-    wait_phase(&api, "good", "Initialized", Duration::from_secs(60), &op, &mut seen).await?;
+    wait_phase(
+        &api,
+        "good",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
 
     // A second Canary for the same target is refused; the first keeps it.
     apply_json(&client, canary("dup", "good", bg, "kubernetes")).await?;
     let all = cases
         .iter()
         .map(|(n, _, r, m)| (n.to_string(), r.to_string(), m.to_string()))
-        .chain([("dup".to_string(), "DuplicateTarget".to_string(), "already managed by Canary good".to_string())]);
+        .chain([(
+            "dup".to_string(),
+            "DuplicateTarget".to_string(),
+            "already managed by Canary good".to_string(),
+        )]);
     for (name, reason, needle) in all {
-        let cond = wait_for(&format!("{name} Ready=False"), Duration::from_secs(30), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let s = status(&api, &name).await?;
-                Ok(s["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready" && c["status"] == "False"))
-                    .cloned())
-            }
-        })
+        let cond = wait_for(
+            &format!("{name} Ready=False"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let s = status(&api, &name).await?;
+                    Ok(s["conditions"]
+                        .as_array()
+                        .and_then(|cs| {
+                            cs.iter()
+                                .find(|c| c["type"] == "Ready" && c["status"] == "False")
+                        })
+                        .cloned())
+                }
+            },
+        )
         .await?;
         assert_eq!(cond["reason"], reason.as_str(), "{name}: {cond}");
         let msg = cond["message"].as_str().unwrap_or("");
-        assert!(msg.contains(&needle), "{name}: {msg:?} should contain {needle:?}");
+        assert!(
+            msg.contains(&needle),
+            "{name}: {msg:?} should contain {needle:?}"
+        );
         assert!(!msg.contains('\n'), "one line");
         let evs = events_for(&client, &ns.name, &name).await?;
-        assert!(evs.iter().any(|(t, r, _)| t == "Warning" && r == &reason), "{name}: {evs:?}");
+        assert!(
+            evs.iter().any(|(t, r, _)| t == "Warning" && r == &reason),
+            "{name}: {evs:?}"
+        );
     }
     // Nothing was created for the broken ones; the user's Deployment is untouched
     // apart from being scaled down by its own (good) Canary.
-    let svcs = Api::<Service>::namespaced(client.clone(), &ns.name).list(&Default::default()).await?;
-    let names: BTreeSet<String> = svcs.items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .list(&Default::default())
+        .await?;
+    let names: BTreeSet<String> = svcs
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
     // The MetricTemplate check comes before any object is generated: "other" has only
     // the Service the test itself created.
     let want = ["good", "good-canary", "good-primary", "other"];
-    assert_eq!(names, want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
-    assert_eq!(replicas(&client, &ns.name, "other").await?, 1, "a broken Canary scales nothing");
-    assert!(Api::<Deployment>::namespaced(client.clone(), &ns.name).get_opt("missing-primary").await?.is_none());
+    assert_eq!(
+        names,
+        want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        replicas(&client, &ns.name, "other").await?,
+        1,
+        "a broken Canary scales nothing"
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("missing-primary")
+            .await?
+            .is_none()
+    );
     // The good Canary still follows a new revision.
     let mut app = SampleApp::new(&ns.name, "good", &env.sample_app_command()).version("v2");
     app = app.replicas(1);
     release(&client, &app).await?;
-    wait_phase(&api, "good", "Succeeded", Duration::from_secs(60), &op, &mut seen).await?;
+    wait_phase(
+        &api,
+        "good",
+        "Succeeded",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
     let _ = api.delete("ghost", &DeleteParams::default()).await;
     drop(op);
     ns.cleanup().await?;

@@ -10,7 +10,9 @@ use tower::util::MapRequestLayer;
 use crate::server::{ApiLabels, Metrics};
 
 /// A layer for `kube::client::ClientBuilder::with_layer`.
-pub fn layer<B>(metrics: Arc<Metrics>) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B> + Clone> {
+pub fn layer<B>(
+    metrics: Arc<Metrics>,
+) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B> + Clone> {
     MapRequestLayer::new(move |req: Request<B>| {
         let (verb, kind) = classify(req.method(), req.uri().path(), req.uri().query());
         metrics
@@ -64,13 +66,48 @@ mod tests {
     #[test]
     fn classifies_requests() {
         let cases = [
-            (Method::GET, "/apis/apps/v1/namespaces/a/deployments", Some("watch=true&resourceVersion=1"), ("watch", "deployments")),
-            (Method::GET, "/apis/apps/v1/deployments", Some("limit=500"), ("list", "deployments")),
-            (Method::GET, "/apis/gateway.networking.k8s.io/v1/namespaces/a/httproutes/web", None, ("get", "httproutes")),
-            (Method::PATCH, "/apis/serin.dev/v1beta1/namespaces/a/canaries/web/status", None, ("patch", "canaries/status")),
-            (Method::POST, "/apis/events.k8s.io/v1/namespaces/a/events", None, ("create", "events")),
-            (Method::PATCH, "/api/v1/namespaces/a/services/web", None, ("patch", "services")),
-            (Method::GET, "/api/v1/namespaces", None, ("list", "namespaces")),
+            (
+                Method::GET,
+                "/apis/apps/v1/namespaces/a/deployments",
+                Some("watch=true&resourceVersion=1"),
+                ("watch", "deployments"),
+            ),
+            (
+                Method::GET,
+                "/apis/apps/v1/deployments",
+                Some("limit=500"),
+                ("list", "deployments"),
+            ),
+            (
+                Method::GET,
+                "/apis/gateway.networking.k8s.io/v1/namespaces/a/httproutes/web",
+                None,
+                ("get", "httproutes"),
+            ),
+            (
+                Method::PATCH,
+                "/apis/serin.dev/v1beta1/namespaces/a/canaries/web/status",
+                None,
+                ("patch", "canaries/status"),
+            ),
+            (
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                None,
+                ("create", "events"),
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/a/services/web",
+                None,
+                ("patch", "services"),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces",
+                None,
+                ("list", "namespaces"),
+            ),
             (Method::GET, "/apis", None, ("other", "discovery")),
         ];
         for (m, path, q, (verb, kind)) in cases {

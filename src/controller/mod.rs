@@ -53,9 +53,11 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     init_tracing(args.log_format);
     let metrics = Arc::new(Metrics::new());
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| RunError::Startup(format!("no Kubernetes config (KUBECONFIG or in-cluster): {e}")))?;
+    let config = kube::Config::infer().await.map_err(|e| {
+        RunError::Startup(format!(
+            "no Kubernetes config (KUBECONFIG or in-cluster): {e}"
+        ))
+    })?;
     let client = kube::client::ClientBuilder::try_from(config)
         .map_err(RunError::Client)?
         .with_layer(&apicount::layer(metrics.clone()))

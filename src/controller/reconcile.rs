@@ -68,7 +68,8 @@ pub struct Stores {
 
 impl router::ServiceLookup for Store<Service> {
     fn service(&self, namespace: &str, name: &str) -> Option<Service> {
-        self.get(&ObjectRef::new(name).within(namespace)).map(|s| (*s).clone())
+        self.get(&ObjectRef::new(name).within(namespace))
+            .map(|s| (*s).clone())
     }
 }
 
@@ -181,7 +182,9 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         return Ok(Requeue::requeue(BROKEN_RETRY));
     };
 
-    if let Some(owner) = other_canary_for_target(canary, &ctx.stores.canaries, &ctx.default_provider) {
+    if let Some(owner) =
+        other_canary_for_target(canary, &ctx.stores.canaries, &ctx.default_provider)
+    {
         let msg = format!(
             "{} {ns}/{} is already managed by Canary {owner}; one Canary per target",
             canary.spec.target_ref.kind,
@@ -221,23 +224,34 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     let routing_stale = status.observed_generation != generation
         || matches!(status.phase, None | Some(Phase::Initializing))
         || status.last_applied_spec.as_deref() != Some(checksum.as_str())
-        || ns_services
-            .iter()
-            .any(|s| ctx.stores.services.get(&ObjectRef::new(s).within(&ns)).is_none());
+        || ns_services.iter().any(|s| {
+            ctx.stores
+                .services
+                .get(&ObjectRef::new(s).within(&ns))
+                .is_none()
+        });
     // Services come from the watch cache, except on a tick that (re)creates them:
     // the cache cannot hold them yet.
     let router = if routing_stale {
         router::router_for(settings.provider, ctx.client.clone(), &ctx.routing)
     } else {
         let cache: Arc<dyn router::ServiceLookup> = Arc::new(ctx.stores.services.clone());
-        router::router_with(settings.provider, ctx.client.clone(), &ctx.routing, Some(cache))
+        router::router_with(
+            settings.provider,
+            ctx.client.clone(),
+            &ctx.routing,
+            Some(cache),
+        )
     };
     // The routers point the apex at the primary's pods: before the primary is ready
     // that would take traffic away from a Service the user already had.
     let initializing = matches!(status.phase, None | Some(Phase::Initializing));
-    let primary_serving = primary
-        .as_ref()
-        .is_some_and(|p| matches!(workload::readiness(p, settings.primary_ready_threshold), workload::Readiness::Ready));
+    let primary_serving = primary.as_ref().is_some_and(|p| {
+        matches!(
+            workload::readiness(p, settings.primary_ready_threshold),
+            workload::Readiness::Ready
+        )
+    });
     if routing_stale && !deleting && (!initializing || primary_serving) {
         router.reconcile(canary, &inputs).await?;
     }
@@ -332,7 +346,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     }
     // Verified only when the routes were just written: the result cannot change
     // otherwise, and each check reads the routing object.
-    let routes_written = decision.actions.iter().any(|a| matches!(a, Action::SetRoutes(_)));
+    let routes_written = decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::SetRoutes(_)));
     if !deleting && routes_written {
         match router.verify(canary).await {
             Ok(router::RouteStatus::Accepted) => decision.status.router_message = None,
@@ -471,10 +488,12 @@ async fn get_hpa(
 ) -> Result<Option<kube::api::DynamicObject>, ReconcileError> {
     let ar = ctx.workloads.hpa_version().api_resource();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    api.get_opt(name).await.map_err(|source| ReconcileError::Kube {
-        context: format!("reading HorizontalPodAutoscaler {ns}/{name}"),
-        source,
-    })
+    api.get_opt(name)
+        .await
+        .map_err(|source| ReconcileError::Kube {
+            context: format!("reading HorizontalPodAutoscaler {ns}/{name}"),
+            source,
+        })
 }
 
 async fn ensure_autoscaler(canary: &Canary, ctx: &Context) -> Result<(), ReconcileError> {
@@ -516,7 +535,11 @@ fn find_workload(ctx: &Context, kind: &str, ns: &str, name: &str) -> Option<Work
 /// The Canary that owns the target when another one claims it too: the oldest wins,
 /// so that a second Canary cannot take over a running release. A Canary whose spec
 /// does not validate can never run, so it claims nothing.
-fn other_canary_for_target(canary: &Canary, store: &Store<Canary>, default_provider: &str) -> Option<String> {
+fn other_canary_for_target(
+    canary: &Canary,
+    store: &Store<Canary>,
+    default_provider: &str,
+) -> Option<String> {
     let key = |c: &Canary| {
         (
             c.metadata.creation_timestamp.clone().map(|t| t.0),

@@ -1393,12 +1393,21 @@ mod tests {
     fn zero_weight_backends_are_left_out_and_read_back_as_zero() {
         let idle = render_route_spec(&canary(), Routes::PRIMARY, opts()).unwrap();
         let v = serde_json::to_value(&idle).unwrap();
-        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(
+            v["rules"][0]["backendRefs"],
+            json!([backend("podinfo-primary", 100)])
+        );
         assert_eq!(routes_of_spec(&canary(), &idle).unwrap(), Routes::PRIMARY);
         let all = render_route_spec(&canary(), Routes::weighted(100), opts()).unwrap();
         let v = serde_json::to_value(&all).unwrap();
-        assert_eq!(v["rules"][0]["backendRefs"], json!([backend("podinfo-canary", 100)]));
-        assert_eq!(routes_of_spec(&canary(), &all).unwrap(), Routes::weighted(100));
+        assert_eq!(
+            v["rules"][0]["backendRefs"],
+            json!([backend("podinfo-canary", 100)])
+        );
+        assert_eq!(
+            routes_of_spec(&canary(), &all).unwrap(),
+            Routes::weighted(100)
+        );
     }
 
     #[test]
@@ -1614,7 +1623,10 @@ mod tests {
             ".*primary-c.*2.*"
         );
         // The zero-weight canary ref is left out (see `render_route_spec`).
-        assert_eq!(v["rules"][1]["backendRefs"], json!([backend("podinfo-primary", 100)]));
+        assert_eq!(
+            v["rules"][1]["backendRefs"],
+            json!([backend("podinfo-primary", 100)])
+        );
         assert_eq!(
             v["rules"][2]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["add"][0]["value"],
             "primary-c=2; Max-Age=60"

@@ -76,21 +76,37 @@ async fn run() -> Result<()> {
         }),
     )
     .await?;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"), "canaries");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
+        "canaries",
+    );
     let canaries = Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar);
     let phase = |c: &DynamicObject| c.data["status"]["phase"].as_str().unwrap_or("").to_string();
     wait_phase(&canaries, "Initialized", &phase).await?;
     let url = format!("{}/", env.gateway);
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(30)).await?;
-    let bg_spec = LoadSpec::new(&url).host(&host).rate(20.0).duration(Duration::from_secs(180));
+    let bg_spec = LoadSpec::new(&url)
+        .host(&host)
+        .rate(20.0)
+        .duration(Duration::from_secs(180));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let before = counters(&op.metrics().await?);
     let started = Instant::now();
-    let template = serde_json::to_value(app.clone().version("v2").deployment()?.spec.map(|s| s.template))?;
+    let template = serde_json::to_value(
+        app.clone()
+            .version("v2")
+            .deployment()?
+            .spec
+            .map(|s| s.template),
+    )?;
     Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": template}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
         .await?;
     wait_phase(&canaries, "Succeeded", &phase).await?;
     let took = started.elapsed();
@@ -100,11 +116,21 @@ async fn run() -> Result<()> {
     // Analysis steps: one per weight, one final analysis before promotion, the
     // promotion and the finalisation.
     let n_steps = (steps.len() + 3) as f64;
-    println!("release of {} steps took {:.1}s", n_steps, took.as_secs_f64());
-    println!("{:<8} {:<28} {:>7} {:>9}", "verb", "resource", "total", "per step");
+    println!(
+        "release of {} steps took {:.1}s",
+        n_steps,
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:<28} {:>7} {:>9}",
+        "verb", "resource", "total", "per step"
+    );
     let (mut reads_watched, mut reads_other, mut writes) = (0.0, 0.0, 0.0);
     for ((verb, kind), v) in &after {
-        let d = v - before.get(&(verb.clone(), kind.clone())).copied().unwrap_or(0.0);
+        let d = v - before
+            .get(&(verb.clone(), kind.clone()))
+            .copied()
+            .unwrap_or(0.0);
         if d <= 0.0 {
             continue;
         }

@@ -30,7 +30,10 @@ async fn run() -> Result<()> {
     let ns = TestNamespace::create(&client, "demo").await?;
     println!("namespace {}", ns.name);
     let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
-    println!("operator running as ServiceAccount serin-system/serin; log: {}", op.log.display());
+    println!(
+        "operator running as ServiceAccount serin-system/serin; log: {}",
+        op.log.display()
+    );
 
     let host = "podinfo.demo.local";
     let mut app = SampleApp::new(&ns.name, "podinfo", &env.sample_app_command()).replicas(2);
@@ -70,7 +73,10 @@ async fn run() -> Result<()> {
     follow(&canaries, "Initialized", &url, host, &op).await?;
     serin_e2e::wait_route_serves(&url, host, &["v1"], Duration::from_secs(30)).await?;
 
-    let bg_spec = LoadSpec::new(&url).host(host).rate(30.0).duration(Duration::from_secs(600));
+    let bg_spec = LoadSpec::new(&url)
+        .host(host)
+        .rate(30.0)
+        .duration(Duration::from_secs(600));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
 
     println!("\n== release v2 (good) ==");
@@ -98,7 +104,11 @@ async fn run() -> Result<()> {
 async fn release(client: &Client, app: &SampleApp) -> Result<()> {
     let template = serde_json::to_value(app.deployment()?.spec.map(|s| s.template))?;
     Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .patch(&app.name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": template}})))
+        .patch(
+            &app.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
         .await?;
     println!("patched the Deployment to {}", app.version);
     Ok(())
@@ -106,7 +116,13 @@ async fn release(client: &Client, app: &SampleApp) -> Result<()> {
 
 /// Prints each change of phase or weight (with the canary's measured share of 200
 /// real requests and the last checks) until `want`.
-async fn follow(api: &Api<DynamicObject>, want: &str, url: &str, host: &str, op: &Operator) -> Result<()> {
+async fn follow(
+    api: &Api<DynamicObject>,
+    want: &str,
+    url: &str,
+    host: &str,
+    op: &Operator,
+) -> Result<()> {
     let start = Instant::now();
     let mut last = String::new();
     loop {
@@ -125,7 +141,10 @@ async fn follow(api: &Api<DynamicObject>, want: &str, url: &str, host: &str, op:
                     format!(
                         "{}={} ({}, {})",
                         c["name"].as_str().unwrap_or("?"),
-                        c["value"].as_f64().map(|v| format!("{v:.2}")).unwrap_or("-".into()),
+                        c["value"]
+                            .as_f64()
+                            .map(|v| format!("{v:.2}"))
+                            .unwrap_or("-".into()),
                         c["threshold"].as_str().unwrap_or(""),
                         c["verdict"].as_str().unwrap_or("")
                     )
