@@ -116,6 +116,13 @@ async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
     Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
 }
 
+async fn wait_target_at_zero(client: &Client, ns: &str, name: &str) -> Result<()> {
+    wait_for("target at 0", Duration::from_secs(20), || async {
+        Ok((replicas(client, ns, name).await? == 0).then_some(()))
+    })
+    .await
+}
+
 /// Rolls the Deployment to a new pod template (a new revision).
 async fn release(client: &Client, app: &SampleApp) -> Result<()> {
     let d = app.deployment()?;
@@ -191,11 +198,8 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
         &mut seen,
     )
     .await?;
-    assert_eq!(
-        replicas(&client, &ns.name, "app").await?,
-        0,
-        "target scaled to 0"
-    );
+    // The target goes to zero once traffic has drained off it (a few seconds).
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     assert_eq!(
         pod_versions(&client, &ns.name, "app=app-primary").await?,
         ["v1", "v1"]
@@ -245,7 +249,7 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
         Ok((v == ["v2", "v2"]).then_some(()))
     })
     .await?;
-    assert_eq!(replicas(&client, &ns.name, "app").await?, 0);
+    wait_target_at_zero(&client, &ns.name, "app").await?;
 
     app = app.version("v3").env("CRASH", "1");
     seen.clear();
@@ -270,10 +274,7 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
         ["v2", "v2"],
         "primary untouched"
     );
-    wait_for("target at 0", Duration::from_secs(20), || async {
-        Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(()))
-    })
-    .await?;
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     assert_eq!(weight(&failed), 0);
     let evs = events_for(&client, &ns.name, "app").await?;
     assert!(
@@ -430,6 +431,10 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
         back.count("v2"),
         back.responses,
         "all traffic back on the primary: {back:?}"
+    );
+    assert_eq!(
+        back.responses, 200,
+        "no request lost while traffic moved back: {back:?}"
     );
     bg.abort();
     drop(op);

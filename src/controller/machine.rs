@@ -38,6 +38,8 @@ pub struct Observations {
     pub tracked_configs: BTreeMap<String, String>,
     /// Readiness of the target's pods (the canary during analysis).
     pub canary: Readiness,
+    /// Whether the target has replicas (spec), i.e. is not scaled to zero.
+    pub target_scaled_up: bool,
     /// `None` when the primary workload does not exist.
     pub primary: Option<Readiness>,
     /// The revision checksum the primary was last promoted to (its annotation).
@@ -116,6 +118,10 @@ pub enum Step {
 
 /// How often to look again while waiting on something a watch may not announce.
 const POLL: Duration = Duration::from_secs(5);
+/// How long routes stay on the primary before the target is scaled down: data planes
+/// apply a route change within a second or two (Traefik: < 2 s), and requests still
+/// routed to the canary must find its pods alive.
+pub const DRAIN: Duration = Duration::from_secs(5);
 
 pub const CONDITION_PROMOTED: &str = "Promoted";
 pub const CONDITION_READY: &str = "Ready";
@@ -198,7 +204,9 @@ impl Machine<'_> {
                     "Canary analysis completed successfully, promotion finished.".to_string()
                 }
                 Phase::Initialized => "Deployment initialization completed.".to_string(),
-                Phase::Failed => "Canary analysis failed, Deployment scaled to zero.".to_string(),
+                Phase::Failed => {
+                    "Canary analysis failed; traffic is back on the primary.".to_string()
+                }
                 other => match &self.status.hold_reason {
                     Some(h) => format!("{other}: {h}"),
                     None => format!("New revision detected, {}.", other.as_str().to_lowercase()),
@@ -344,8 +352,8 @@ impl Machine<'_> {
             }
             Some(Readiness::Ready) => {
                 self.actions.push(Action::SetRoutes(Routes::PRIMARY));
-                self.actions.push(Action::ScaleTargetToZero);
                 self.status.phase = Some(Phase::Initialized);
+                self.requeue = DRAIN;
                 self.status.last_applied_spec = Some(self.obs.target_checksum.clone());
                 self.status.last_promoted_spec = Some(self.obs.target_checksum.clone());
                 self.status.tracked_configs = self.tracked();
@@ -354,7 +362,7 @@ impl Machine<'_> {
                 self.event(
                     Severity::Info,
                     "Initialized",
-                    "Initialization done: primary serving, target scaled to zero".into(),
+                    "Initialization done: the primary serves; the target is scaled down once traffic has drained".into(),
                     true,
                 );
             }
@@ -385,6 +393,7 @@ impl Machine<'_> {
     fn idle(&mut self) {
         let retry = self.retry_requested();
         if !self.new_revision() && !retry {
+            self.scale_down_after_drain();
             if self.status.phase == Some(Phase::Waiting) {
                 // The revision we were waiting to start was reverted by the user.
                 self.status.phase = Some(self.old_settled_phase());
@@ -411,6 +420,26 @@ impl Machine<'_> {
                     "New revision detected: scaling up the target"
                 });
             }
+        }
+    }
+
+    /// In a settled phase the target serves no traffic: once the routes have been on
+    /// the primary for `DRAIN`, scale it to zero.
+    fn scale_down_after_drain(&mut self) {
+        if !self.obs.target_scaled_up || self.status.phase == Some(Phase::Waiting) {
+            return;
+        }
+        let since = self
+            .status
+            .last_transition_time
+            .as_deref()
+            .and_then(parse_time)
+            .unwrap_or(self.now);
+        let settled = (self.now - since).to_std().unwrap_or_default();
+        if settled >= DRAIN {
+            self.actions.push(Action::ScaleTargetToZero);
+        } else {
+            self.requeue = self.requeue.min(DRAIN - settled);
         }
     }
 
@@ -781,8 +810,8 @@ impl Machine<'_> {
     }
 
     fn finalising(&mut self) {
+        // The target is scaled down once the routes have drained (see `idle`).
         self.actions.push(Action::SetRoutes(Routes::PRIMARY));
-        self.actions.push(Action::ScaleTargetToZero);
         if self.obs.webhook_types.contains(&WebhookType::PostRollout) {
             self.actions
                 .push(Action::RunWebhooks(WebhookType::PostRollout));
@@ -791,19 +820,18 @@ impl Machine<'_> {
         self.status.canary_weight = 0;
         self.status.last_promoted_spec = self.status.last_applied_spec.clone();
         self.clear_hold();
-        self.requeue = self.settings.interval;
+        self.requeue = DRAIN;
         self.event(
             Severity::Info,
             "Succeeded",
-            "Promotion completed: primary runs the new revision, target scaled to zero".into(),
+            "Promotion completed: the primary runs the new revision".into(),
             true,
         );
     }
 
     fn rollback(&mut self, message: &str) {
-        // Routes first: the target is only scaled down once no traffic goes to it.
+        // Routes only: the target is scaled down once traffic has drained (see `idle`).
         self.actions.push(Action::SetRoutes(Routes::PRIMARY));
-        self.actions.push(Action::ScaleTargetToZero);
         if self.obs.webhook_types.contains(&WebhookType::PostRollout) {
             self.actions
                 .push(Action::RunWebhooks(WebhookType::PostRollout));
@@ -812,7 +840,7 @@ impl Machine<'_> {
         self.status.canary_weight = 0;
         self.status.iterations = 0;
         self.clear_hold();
-        self.requeue = self.settings.interval;
+        self.requeue = DRAIN;
         self.event(Severity::Error, "Failed", message.to_string(), true);
     }
 }

@@ -277,6 +277,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             &target,
             settings.canary_ready_threshold,
         )),
+        target_scaled_up: !target.is_scaled_to_zero(),
         primary: primary
             .as_ref()
             .map(|p| to_readiness(workload::readiness(p, settings.primary_ready_threshold))),

@@ -45,6 +45,7 @@ fn obs(checksum: &str) -> Observations {
         target_checksum: checksum.into(),
         tracked_configs: BTreeMap::new(),
         canary: Readiness::Ready,
+        target_scaled_up: false,
         primary: Some(Readiness::Ready),
         primary_revision: Some("v1".into()),
         retry: None,
@@ -117,15 +118,22 @@ fn initialization() {
     );
 
     o.primary = Some(Readiness::Ready);
+    o.target_scaled_up = true;
     let d = decided(&s, &d.status, &o, t0());
     assert_eq!(phase_of(&d), Some(Phase::Initialized));
     assert_eq!(
         d.actions,
-        vec![
-            Action::SetRoutes(Routes::PRIMARY),
-            Action::ScaleTargetToZero
-        ],
-        "routes move before the target is scaled down"
+        vec![Action::SetRoutes(Routes::PRIMARY)],
+        "routes move first; the target is scaled down after the drain"
+    );
+    assert!(
+        decided(&s, &d.status, &o, t0() + secs(2))
+            .actions
+            .is_empty()
+    );
+    assert_eq!(
+        decided(&s, &d.status, &o, t0() + secs(6)).actions,
+        vec![Action::ScaleTargetToZero]
     );
     assert_eq!(d.status.last_applied_spec.as_deref(), Some("v1"));
     assert_eq!(d.status.last_promoted_spec.as_deref(), Some("v1"));
@@ -247,10 +255,7 @@ fn transition_table() {
             obs: with_metrics(obs("v2"), Verdict::Fail),
             now: later,
             phase: Phase::Failed,
-            actions: vec![
-                Action::SetRoutes(Routes::PRIMARY),
-                Action::ScaleTargetToZero,
-            ],
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
             weight: 0,
         },
         Row {
@@ -283,10 +288,7 @@ fn transition_table() {
             },
             now: later,
             phase: Phase::Failed,
-            actions: vec![
-                Action::SetRoutes(Routes::PRIMARY),
-                Action::ScaleTargetToZero,
-            ],
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
             weight: 0,
         },
         Row {
@@ -326,16 +328,45 @@ fn transition_table() {
             weight: 0,
         },
         Row {
-            name: "finalising: scale the canary down, succeed",
+            name: "finalising: routes to the primary, succeed",
             settings: s.clone(),
             status: status(Phase::Finalising, "v2"),
             obs: obs("v2"),
             now: later,
             phase: Phase::Succeeded,
-            actions: vec![
-                Action::SetRoutes(Routes::PRIMARY),
-                Action::ScaleTargetToZero,
-            ],
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+        },
+        Row {
+            name: "settled, routes drained: scale the target down",
+            settings: s.clone(),
+            status: CanaryStatus {
+                last_transition_time: Some(t0().to_rfc3339()),
+                ..status(Phase::Failed, "v2")
+            },
+            obs: Observations {
+                target_scaled_up: true,
+                ..obs("v2")
+            },
+            now: t0() + secs(6),
+            phase: Phase::Failed,
+            actions: vec![Action::ScaleTargetToZero],
+            weight: 0,
+        },
+        Row {
+            name: "settled, still draining: wait",
+            settings: s.clone(),
+            status: CanaryStatus {
+                last_transition_time: Some(t0().to_rfc3339()),
+                ..status(Phase::Succeeded, "v2")
+            },
+            obs: Observations {
+                target_scaled_up: true,
+                ..obs("v2")
+            },
+            now: t0() + secs(2),
+            phase: Phase::Succeeded,
+            actions: vec![],
             weight: 0,
         },
         Row {
@@ -683,6 +714,7 @@ impl World {
     fn observe(&self) -> Observations {
         Observations {
             target_checksum: self.target_revision.clone(),
+            target_scaled_up: self.target_replicas > 0,
             canary: if self.target_replicas == 0 {
                 Readiness::NotReady("scaled to zero".into())
             } else if self.canary_healthy {
