@@ -88,11 +88,15 @@ async fn run() -> Result<()> {
     app = app.version("v3").env("ERROR_RATE", "0.2");
     release(&client, &app).await?;
     follow(&canaries, "Failed", &url, host, &op).await?;
+    // Data planes apply a route change within a second or two; the canary's pods stay
+    // up meanwhile, so no request is lost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let back = load::run(&LoadSpec::new(&url).host(host).requests(200, 200.0)).await?;
     println!(
-        "after rollback: {} of {} requests answered by v2 (the primary)",
-        back.count("v2"),
-        back.responses
+        "after rollback: {} of {} requests answered, {} by v2 (the primary)",
+        back.responses,
+        back.sent,
+        back.count("v2")
     );
     bg.abort();
     drop(op);
