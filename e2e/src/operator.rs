@@ -100,8 +100,17 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `serin run` for `namespace` with the operator's own ServiceAccount.
+    /// Starts `serin run` for `namespace` with the operator's own ServiceAccount and
+    /// waits until it is ready.
     pub async fn start(env: &ClusterEnv, namespace: &str, extra: &[&str]) -> Result<Operator> {
+        let mut op = Self::spawn(env, namespace, extra).await?;
+        op.wait_ready(Duration::from_secs(30)).await?;
+        Ok(op)
+    }
+
+    /// Starts `serin run` without waiting for it to be ready (a standby replica under
+    /// leader election is never ready).
+    pub async fn spawn(env: &ClusterEnv, namespace: &str, extra: &[&str]) -> Result<Operator> {
         let token = install(env).await?;
         let bin = bin_dir().join("serin");
         if !bin.exists() {
@@ -121,14 +130,17 @@ impl Operator {
         );
         std::fs::write(&kubeconfig, kc).context("writing operator kubeconfig")?;
         let port = free_port()?;
-        let log = env.state_dir.join(format!("operator-{namespace}.log"));
+        let log = env.state_dir.join(format!("operator-{namespace}-{port}.log"));
         let log_file = std::fs::File::create(&log).context("creating operator log")?;
         let log_err = log_file.try_clone()?;
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .arg("--namespace")
             .arg(namespace)
-            .arg("--leader-elect=false")
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--leader-elect")))
+                    .then_some("--leader-elect=false"),
+            )
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--metrics-server")
@@ -143,14 +155,18 @@ impl Operator {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let metrics_url = format!("http://127.0.0.1:{port}");
-        let mut op = Operator {
+        Ok(Operator {
             child,
             metrics_url,
             log,
-        };
-        let ready = format!("{}/readyz", op.metrics_url);
+        })
+    }
+
+    /// Waits until `/readyz` answers 200; fails with the log's tail otherwise.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let ready = format!("{}/readyz", self.metrics_url);
         let http = reqwest::Client::new();
-        let res = wait_for("operator ready", Duration::from_secs(30), || {
+        let res = wait_for("operator ready", timeout, || {
             let http = http.clone();
             let ready = ready.clone();
             async move {
@@ -165,13 +181,20 @@ impl Operator {
         })
         .await;
         if let Err(e) = res {
-            let tail = op.log_tail(30);
-            if let Ok(Some(status)) = op.child.try_wait() {
+            let tail = self.log_tail(30);
+            if let Ok(Some(status)) = self.child.try_wait() {
                 bail!("operator exited ({status}): {tail}");
             }
             return Err(anyhow!("{e}: {tail}"));
         }
-        Ok(op)
+        Ok(())
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.metrics_url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     /// The last lines of the operator's log, for failure messages.

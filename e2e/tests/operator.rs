@@ -623,3 +623,62 @@ async fn bad_input_is_reported_and_other_canaries_keep_going() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// With leader election on, one of two replicas reconciles and the other stands by
+/// (not ready); when the leader dies without releasing the Lease, the standby takes
+/// over once the Lease expires and carries on with the next release.
+#[tokio::test]
+async fn leader_election_fails_over_to_the_standby() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("leader_election") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-lease").await?;
+    // The Role for Leases is in the operator's own namespace.
+    let args = [
+        "--provider",
+        "kubernetes",
+        "--leader-elect=true",
+        "--lease-namespace",
+        "serin-system",
+    ];
+    let leader = Operator::start(&env, &ns.name, &args).await?;
+    let mut standby = Operator::spawn(&env, &ns.name, &args).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command());
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "app", "namespace": ns.name},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                "service": {"port": 80, "targetPort": 8080},
+                "analysis": {"interval": "3s", "iterations": 1}
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(&api, "app", "Initialized", Duration::from_secs(60), &leader, &mut seen).await?;
+    assert!(!standby.is_ready().await, "the standby must not run the controller");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "serin-system")
+        .get("serin-leader")
+        .await?;
+    let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    assert!(!holder.is_empty(), "the Lease names its holder");
+
+    drop(leader);
+    let started = Instant::now();
+    standby.wait_ready(Duration::from_secs(60)).await?;
+    println!("standby took over after {:?}", started.elapsed());
+    app = app.version("v2");
+    release(&client, &app).await?;
+    seen.clear();
+    wait_phase(&api, "app", "Succeeded", Duration::from_secs(60), &standby, &mut seen).await?;
+    drop(standby);
+    ns.cleanup().await?;
+    Ok(())
+}
