@@ -422,3 +422,185 @@ async fn no_traffic_holds_inconclusive_then_proceeds_with_load() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// Requests recorded on `path`.
+fn on_path(r: &Recorded, path: &str) -> Vec<Value> {
+    recorded(r)
+        .into_iter()
+        .filter(|(p, _, _)| p == path)
+        .map(|(_, _, b)| b)
+        .collect()
+}
+
+/// Alerts through a generic `webhook` and a `slack` AlertProvider: a promoted release
+/// and a rolled-back one both post, and the rollback names the failing check with its
+/// value and threshold.
+#[tokio::test]
+async fn alerts_post_release_outcomes_to_webhook_and_slack() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("alerts") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-alert").await?;
+    let (router, seen) = recorder();
+    let (addr, _t) = serve_local(router).await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    for (name, kind) in [("hook", "webhook"), ("chat", "slack")] {
+        apply_json(
+            &client,
+            json!({
+                "apiVersion": "serin.dev/v1beta1", "kind": "AlertProvider",
+                "metadata": {"name": name, "namespace": ns.name},
+                "spec": {"type": kind, "channel": "releases", "username": "serin",
+                         "address": format!("http://{addr}/{kind}")}
+            }),
+        )
+        .await?;
+    }
+    let host = format!("{}.e2e.local", ns.name);
+    let mut app = SampleApp::new(&ns.name, "web", &env.sample_app_command());
+    app.deploy(&client).await?;
+    let analysis = json!({
+        "interval": "4s", "threshold": 1, "stepWeights": [50],
+        "metrics": [{"name": "request-success-rate", "interval": "10s", "thresholdRange": {"min": 95}}],
+        "alerts": [
+            {"name": "to-hook", "providerRef": {"name": "hook"}},
+            {"name": "to-chat", "providerRef": {"name": "chat"}}
+        ]
+    });
+    apply_json(
+        &client,
+        gateway_canary(&env, &ns.name, "web", &host, analysis),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op).await?;
+    let url = format!("{}/", env.gateway);
+    serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
+    let bg_spec = LoadSpec::new(&url)
+        .host(&host)
+        .rate(20.0)
+        .duration(Duration::from_secs(150));
+    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    wait_phase(&api, "web", "Succeeded", Duration::from_secs(90), &op).await?;
+    let hook_ok = serin_e2e::wait_for("Succeeded alert", Duration::from_secs(20), || async {
+        Ok(on_path(&seen, "/webhook")
+            .into_iter()
+            .find(|b| b["phase"] == "Succeeded"))
+    })
+    .await?;
+    assert_eq!(hook_ok["canary"], "web", "{hook_ok}");
+    assert_eq!(hook_ok["namespace"], ns.name.as_str(), "{hook_ok}");
+    assert!(hook_ok["failedCheck"].is_null(), "{hook_ok}");
+    let slack = on_path(&seen, "/slack");
+    let title = format!("web.{}", ns.name);
+    assert!(
+        slack.iter().any(|b| b["channel"] == "releases"
+            && b["attachments"][0]["author_name"] == title.as_str()
+            && b["attachments"][0]["fields"].as_array().is_some_and(|f| f
+                .iter()
+                .any(|f| f["title"] == "Phase" && f["value"] == "Succeeded"))),
+        "a Slack attachment for the promotion: {slack:?}"
+    );
+
+    // Every request of the next revision fails: rolled back on the success rate.
+    app = app.version("v3").env("ERROR_RATE", "1");
+    release(&client, &app).await?;
+    wait_phase(&api, "web", "Failed", Duration::from_secs(90), &op).await?;
+    // The halt is a warning; the rollback itself is the error-severity alert.
+    let hook_fail = serin_e2e::wait_for("Failed alert", Duration::from_secs(20), || async {
+        Ok(on_path(&seen, "/webhook")
+            .into_iter()
+            .find(|b| b["phase"] == "Failed" && b["severity"] == "error"))
+    })
+    .await
+    .with_context(|| format!("alerts: {:?}", on_path(&seen, "/webhook")))?;
+    let check = &hook_fail["failedCheck"];
+    assert_eq!(check["name"], "request-success-rate", "{hook_fail}");
+    let value = check["value"].as_f64().context("failing value")?;
+    assert!(
+        value < 95.0,
+        "the failing value is below the minimum: {hook_fail}"
+    );
+    assert!(
+        check["threshold"]
+            .as_str()
+            .is_some_and(|t| t.contains("95")),
+        "threshold reported: {hook_fail}"
+    );
+    let slack = on_path(&seen, "/slack");
+    assert!(
+        slack
+            .iter()
+            .any(|b| b["attachments"][0]["color"] == "danger"
+                && b["attachments"][0]["fields"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| {
+                        f["title"] == "Failed check"
+                            && f["value"]
+                                .as_str()
+                                .is_some_and(|v| v.starts_with("request-success-rate:"))
+                    }))),
+        "a Slack attachment naming the failing check: {slack:?}"
+    );
+    bg.abort();
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// A release answering in 500 ms against a 300 ms P99 limit is rolled back on the
+/// request-duration check, read from Traefik's real latency histogram.
+#[tokio::test]
+async fn latency_regression_rolls_back_on_request_duration() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("latency_regression") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-slow").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let mut app = SampleApp::new(&ns.name, "web", &env.sample_app_command());
+    app.deploy(&client).await?;
+    let analysis = json!({
+        "interval": "5s", "threshold": 1, "stepWeights": [30, 60],
+        "metrics": [{"name": "request-duration", "interval": "10s", "thresholdRange": {"max": 300}}]
+    });
+    apply_json(
+        &client,
+        gateway_canary(&env, &ns.name, "web", &host, analysis),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op).await?;
+    let url = format!("{}/", env.gateway);
+    serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
+    let bg_spec = LoadSpec::new(&url)
+        .host(&host)
+        .rate(20.0)
+        .duration(Duration::from_secs(120));
+    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+
+    app = app.version("v2").env("LATENCY_MS", "500");
+    release(&client, &app).await?;
+    let failed = wait_phase(&api, "web", "Failed", Duration::from_secs(90), &op).await?;
+    let checks = failed["lastAnalysis"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let dur = checks
+        .iter()
+        .find(|c| c["name"] == "request-duration")
+        .with_context(|| format!("no request-duration check: {failed}"))?;
+    assert_eq!(dur["verdict"], "Fail", "{failed}");
+    let ms = dur["value"].as_f64().context("measured latency")?;
+    assert!(ms > 300.0, "P99 {ms} ms should exceed the limit: {failed}");
+    assert_eq!(weight(&failed), 0);
+    bg.abort();
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
