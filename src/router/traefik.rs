@@ -95,12 +95,19 @@ pub fn render_specs(
     routes.validate()?;
     let port = service_spec(canary)?.port;
     let (primary, canary_svc) = (canary.primary_service_name(), canary.canary_service_name());
+    // A zero-weight service carries no traffic, and Traefik 3.0.4 drops the whole
+    // TraefikService ("subset not found") when one has no endpoints, as the canary
+    // scaled to zero has: leave it out (read back as weight 0).
+    let both_zero = routes.primary == 0 && routes.canary == 0;
     let split = TraefikServiceSpec {
         weighted: Some(Weighted {
-            services: vec![
+            services: [
                 weighted_service(&primary, port, routes.primary),
                 weighted_service(&canary_svc, port, routes.canary),
-            ],
+            ]
+            .into_iter()
+            .filter(|s| s.weight != Some(0) || both_zero)
+            .collect(),
         }),
         mirroring: None,
     };
@@ -158,7 +165,11 @@ pub fn routes_of(
                 .find(|x| x.name == n)
                 .map(|x| x.weight.unwrap_or(1))
         };
-        Some((get(&primary)?, get(&canary_svc)?))
+        // A service left out has weight 0; a split naming neither is not ours.
+        match (get(&primary), get(&canary_svc)) {
+            (None, None) => None,
+            (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
+        }
     };
     if let Some(m) = &apex.mirroring {
         let mirror = m.mirrors.iter().find(|x| x.name == canary_svc);
@@ -427,6 +438,31 @@ mod tests {
             serde_json::to_value(finalized_spec(&canary()).unwrap()).unwrap(),
             json!({"weighted": {"services": [{"name": "podinfo", "kind": "Service", "port": 9898, "weight": 100}]}})
         );
+    }
+
+    #[test]
+    fn zero_weight_services_are_left_out_and_read_back_as_zero() {
+        for (routes, only) in [
+            (Routes::weighted(0), "podinfo-primary"),
+            (Routes::weighted(100), "podinfo-canary"),
+        ] {
+            let (apex, _) = render_specs(&canary(), routes).unwrap();
+            let names: Vec<_> = apex
+                .weighted
+                .as_ref()
+                .unwrap()
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, [only]);
+            assert_eq!(routes_of(&canary(), &apex, None).unwrap(), routes);
+        }
+        let empty = TraefikServiceSpec {
+            weighted: Some(Weighted { services: vec![] }),
+            mirroring: None,
+        };
+        assert!(routes_of(&canary(), &empty, None).is_err());
     }
 
     #[test]
