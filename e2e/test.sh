@@ -26,4 +26,4 @@ e2e/cluster.sh up
 echo "cluster up took $((SECONDS - t0)) s"
 eval "$(e2e/cluster.sh env)"
 
-cargo test --workspace
+cargo test --workspace --no-fail-fast

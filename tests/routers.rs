@@ -381,12 +381,37 @@ async fn kubernetes_services_and_blue_green_switch() {
     delete_namespace(&client, &ns).await;
 }
 
+/// The Gateway that tests checking only the objects written attach to. Its class has
+/// no controller, so Traefik ignores it: Traefik 3.0.4 drops the whole configuration
+/// of a Gateway when one attached route cannot load (a backend with no endpoints, an
+/// unsupported filter), which would break the tests that send real traffic.
+const OBJECTS_GATEWAY: &str = "serin-objects";
+
+async fn ensure_objects_gateway(client: &kube::Client, ns: &str) {
+    let gw: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": OBJECTS_GATEWAY, "namespace": ns},
+        "spec": {"gatewayClassName": "serin-none",
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}
+    }))
+    .unwrap();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ar("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+    );
+    match api.create(&Default::default(), &gw).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating Gateway {ns}/{OBJECTS_GATEWAY}: {e}"),
+    }
+}
+
 fn gateway_service(ns_of_gateway: &str) -> CanaryService {
     CanaryService {
         hosts: Some(vec!["podinfo.example.com".into()]),
         gateway_refs: Some(vec![ParentReference {
-            name: std::env::var("SERIN_E2E_GATEWAY_NAME")
-                .unwrap_or_else(|_| "serin-gateway".into()),
+            name: OBJECTS_GATEWAY.into(),
             namespace: Some(ns_of_gateway.into()),
             ..Default::default()
         }]),
@@ -410,6 +435,7 @@ async fn gateway_api_steps() {
     }
     let ns = namespace(&client, "gw").await;
     let gw_ns = std::env::var("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|_| "default".into());
+    ensure_objects_gateway(&client, &gw_ns).await;
     let canary = create_canary(&client, &ns, canary_spec(gateway_service(&gw_ns))).await;
     let router = router_for(Provider::GatewayApiV1, client.clone(), &apis);
     router.reconcile(&canary, &inputs()).await.unwrap();
@@ -421,7 +447,7 @@ async fn gateway_api_steps() {
     run_steps(&client, router.as_ref(), &canary, (&route_ar, "podinfo"), |w, obj| {
         let spec = &obj.data["spec"];
         assert_eq!(spec["hostnames"], json!(["podinfo.example.com"]));
-        assert_eq!(spec["parentRefs"][0]["name"], "serin-gateway");
+        assert_eq!(spec["parentRefs"][0]["name"], OBJECTS_GATEWAY);
         assert_eq!(spec["rules"].as_array().map(Vec::len), Some(1));
         assert_eq!(spec["rules"][0]["matches"], json!([{"path": {"type": "PathPrefix", "value": "/"}}]));
         assert_eq!(
@@ -497,6 +523,7 @@ async fn route_ref_edits_only_the_apex_backend() {
         return;
     }
     let ns = namespace(&client, "rref").await;
+    ensure_objects_gateway(&client, "default").await;
     let route_ar = ar("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes");
     let mut canary = canary_spec(CanaryService::default());
     canary.spec.route_ref = Some(LocalObjectReference {
@@ -515,7 +542,7 @@ async fn route_ref_edits_only_the_apex_backend() {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "user-route", "annotations": {"team": "payments", "note": "hand written"}},
         "spec": {
-            "parentRefs": [{"name": "serin-gateway", "namespace": "default"}],
+            "parentRefs": [{"name": OBJECTS_GATEWAY, "namespace": "default"}],
             "hostnames": ["user.example.com"],
             "rules": [
                 {
@@ -1341,6 +1368,7 @@ async fn grpc_route_steps() {
     }
     let ns = namespace(&client, "grpc").await;
     let gw_ns = std::env::var("SERIN_E2E_GATEWAY_NAMESPACE").unwrap_or_else(|_| "default".into());
+    ensure_objects_gateway(&client, &gw_ns).await;
     let mut svc = gateway_service(&gw_ns);
     svc.app_protocol = Some("grpc".into());
     svc.headers = Some(serin::crd::HeaderOperations {
@@ -1368,10 +1396,10 @@ async fn grpc_route_steps() {
         let rule = &obj.data["spec"]["rules"][0];
         assert_eq!(
             rule["backendRefs"],
-            json!([
+            nonzero(json!([
                 {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 9898, "weight": 100 - w},
                 {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 9898, "weight": w}
-            ])
+            ]))
         );
         assert_eq!(
             rule["filters"],

@@ -130,7 +130,9 @@ impl Operator {
         );
         std::fs::write(&kubeconfig, kc).context("writing operator kubeconfig")?;
         let port = free_port()?;
-        let log = env.state_dir.join(format!("operator-{namespace}-{port}.log"));
+        let log = env
+            .state_dir
+            .join(format!("operator-{namespace}-{port}.log"));
         let log_file = std::fs::File::create(&log).context("creating operator log")?;
         let log_err = log_file.try_clone()?;
         let mut cmd = Command::new(&bin);

@@ -662,12 +662,29 @@ async fn leader_election_fails_over_to_the_standby() -> Result<()> {
     .await?;
     let api = canaries(&client, &ns.name);
     let mut seen = BTreeSet::new();
-    wait_phase(&api, "app", "Initialized", Duration::from_secs(60), &leader, &mut seen).await?;
-    assert!(!standby.is_ready().await, "the standby must not run the controller");
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "serin-system")
-        .get("serin-leader")
-        .await?;
-    let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &leader,
+        &mut seen,
+    )
+    .await?;
+    assert!(
+        !standby.is_ready().await,
+        "the standby must not run the controller"
+    );
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        "serin-system",
+    )
+    .get("serin-leader")
+    .await?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
     assert!(!holder.is_empty(), "the Lease names its holder");
 
     drop(leader);
@@ -677,7 +694,15 @@ async fn leader_election_fails_over_to_the_standby() -> Result<()> {
     app = app.version("v2");
     release(&client, &app).await?;
     seen.clear();
-    wait_phase(&api, "app", "Succeeded", Duration::from_secs(60), &standby, &mut seen).await?;
+    wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(60),
+        &standby,
+        &mut seen,
+    )
+    .await?;
     drop(standby);
     ns.cleanup().await?;
     Ok(())
