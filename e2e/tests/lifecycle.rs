@@ -1,0 +1,582 @@
+//! End-to-end tests of the release lifecycle on the local cluster: config tracking,
+//! the retry annotation, suspend, `revertOnDeletion`, the primary HPA, and the
+//! never-nothing-serving invariant. Each test runs the real `serin` binary (as its
+//! own ServiceAccount) in its own namespace, with the `kubernetes` provider
+//! (blue/green by switching the apex Service) and real pods from the kubelet
+//! simulator.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+use serin_e2e::operator::Operator;
+use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
+
+/// The analysis interval of every Canary here; holds are measured in multiples of it.
+const INTERVAL: Duration = Duration::from_secs(3);
+
+fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
+        "canaries",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// A blue/green Canary for Deployment `name` with the `kubernetes` provider; `extra`
+/// is merged into its spec.
+fn canary(ns: &str, name: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "provider": "kubernetes",
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "progressDeadlineSeconds": 20,
+        "service": {"port": 80, "targetPort": 8080},
+        "analysis": {"interval": format!("{}s", INTERVAL.as_secs()), "threshold": 1, "iterations": 2}
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({
+        "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec
+    })
+}
+
+async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
+    let c = api
+        .get(name)
+        .await
+        .with_context(|| format!("get canary {name}"))?;
+    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
+}
+
+fn phase(s: &Value) -> &str {
+    s.get("phase").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Waits for phase `want`, recording every phase seen on the way.
+async fn wait_phase(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+    op: &Operator,
+    seen: &mut BTreeSet<String>,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(api, name).await?;
+        seen.insert(phase(&s).to_string());
+        if phase(&s) == want {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "canary {name}: no {want} within {timeout:?} (seen {seen:?}); last status {s}\noperator log:\n{}",
+                op.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The version each ready pod of `selector` answers with, asked at its pod IP.
+async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut out = Vec::new();
+    for pod in list_pods(client, ns, selector).await? {
+        if !pod_ready(&pod) {
+            continue;
+        }
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let v: Value = http
+            .get(format!("http://{ip}:8080/version"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        out.push(
+            v.get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Waits until every ready pod of `selector` answers one of `want` (sorted).
+async fn wait_versions(client: &Client, ns: &str, selector: &str, want: &[&str]) -> Result<()> {
+    wait_for(
+        &format!("{selector} answering {want:?}"),
+        Duration::from_secs(40),
+        || async { Ok((pod_versions(client, ns, selector).await? == want).then_some(())) },
+    )
+    .await
+}
+
+async fn deployment(client: &Client, ns: &str, name: &str) -> Result<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("get deployment {name}"))
+}
+
+fn spec_replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
+    Ok(spec_replicas(&deployment(client, ns, name).await?))
+}
+
+/// Rolls the Deployment to the app's pod template (a new revision), leaving replicas
+/// to the operator.
+async fn release(client: &Client, app: &SampleApp) -> Result<()> {
+    let d = app.deployment()?;
+    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
+    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .patch(
+            &app.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deploys `app` with VERSION taken from the ConfigMap `cm` (through `envFrom`)
+/// instead of the literal VERSION entry SampleApp writes, which would win over it.
+async fn deploy_with_config(
+    client: &Client,
+    app: SampleApp,
+    cm: &str,
+    version: &str,
+) -> Result<()> {
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &app.namespace);
+    let data: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": cm, "namespace": app.namespace},
+        "data": {"VERSION": version}
+    }))?;
+    cms.create(&PostParams::default(), &data)
+        .await
+        .context("creating configmap")?;
+    let app = app.env_from_json(json!({"configMapRef": {"name": cm}}));
+    let mut d = app.deployment()?;
+    for c in d
+        .spec
+        .iter_mut()
+        .flat_map(|s| s.template.spec.iter_mut())
+        .flat_map(|p| p.containers.iter_mut())
+    {
+        if let Some(env) = c.env.as_mut() {
+            env.retain(|e| e.name != "VERSION");
+        }
+    }
+    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .create(&PostParams::default(), &d)
+        .await
+        .context("creating deployment")?;
+    Api::<Service>::namespaced(client.clone(), &app.namespace)
+        .create(&PostParams::default(), &app.service()?)
+        .await
+        .context("creating service")?;
+    Ok(())
+}
+
+async fn configmap_version(client: &Client, ns: &str, name: &str) -> Result<Option<String>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?;
+    Ok(cm
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("VERSION").cloned()))
+}
+
+/// One look at the invariant "never nothing serving": when the target is at 0
+/// replicas, the primary must have available, ready pods. Returns whether the target
+/// was at 0.
+async fn check_serving(client: &Client, ns: &str, name: &str) -> Result<bool> {
+    if replicas(client, ns, name).await? != 0 {
+        return Ok(false);
+    }
+    let primary = format!("{name}-primary");
+    let p = deployment(client, ns, &primary).await?;
+    let available = p
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let ready = list_pods(client, ns, &format!("app={primary}"))
+        .await?
+        .iter()
+        .filter(|p| pod_ready(p))
+        .count();
+    if available < 1 || ready < 1 {
+        bail!("target {name} at 0 while the primary has {available} available, {ready} ready pods");
+    }
+    Ok(true)
+}
+
+/// Config tracking: a change to a ConfigMap the pod template references, with the
+/// template untouched, is a new revision; promotion copies it to `<cm>-primary`,
+/// which the primary's pods use, and rolls them.
+#[tokio::test]
+async fn configmap_change_starts_a_release_and_reaches_the_primary() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("config_tracking") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-cfg").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    deploy_with_config(&client, app, "cfg", "c1").await?;
+    apply_json(&client, canary(&ns.name, "app", json!({}))).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    let init = wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let tracked_before = init["trackedConfigs"].clone();
+    assert!(
+        tracked_before
+            .get("configmap/cfg")
+            .is_some_and(Value::is_string),
+        "trackedConfigs should hold the ConfigMap: {init}"
+    );
+    assert_eq!(
+        configmap_version(&client, &ns.name, "cfg-primary")
+            .await?
+            .as_deref(),
+        Some("c1")
+    );
+    wait_versions(&client, &ns.name, "app=app-primary", &["c1", "c1"]).await?;
+    let primary = deployment(&client, &ns.name, "app-primary").await?;
+    let pod_spec = serde_json::to_value(primary.spec.as_ref().map(|s| &s.template.spec))?;
+    assert_eq!(
+        pod_spec["containers"][0]["envFrom"][0]["configMapRef"]["name"], "cfg-primary",
+        "the primary uses the -primary copy: {pod_spec}"
+    );
+    let template_before = serde_json::to_value(
+        deployment(&client, &ns.name, "app")
+            .await?
+            .spec
+            .map(|s| s.template),
+    )?;
+
+    // Only the ConfigMap changes.
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"VERSION": "c2"}})),
+        )
+        .await?;
+    seen.clear();
+    wait_phase(
+        &api,
+        "app",
+        "Progressing",
+        Duration::from_secs(30),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    // The canary (target) pods read the user's ConfigMap, so they run the new config.
+    wait_versions(&client, &ns.name, "app=app", &["c2", "c2"]).await?;
+    let done = wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(90),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    assert!(seen.contains("Promoting"), "{seen:?}");
+    assert_eq!(
+        configmap_version(&client, &ns.name, "cfg-primary")
+            .await?
+            .as_deref(),
+        Some("c2")
+    );
+    wait_versions(&client, &ns.name, "app=app-primary", &["c2", "c2"]).await?;
+    assert_ne!(
+        done["trackedConfigs"], tracked_before,
+        "trackedConfigs follows the ConfigMap"
+    );
+    assert!(
+        done["trackedConfigs"].get("configmap/cfg").is_some(),
+        "{done}"
+    );
+    // The primary's pods roll through the revision annotation, as the template's
+    // references to `cfg-primary` did not change.
+    let primary = deployment(&client, &ns.name, "app-primary").await?;
+    let revision = primary
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("serin.dev/revision").cloned());
+    assert_eq!(
+        revision.as_deref(),
+        done["lastAppliedSpec"].as_str(),
+        "{done}"
+    );
+    assert_eq!(done["lastPromotedSpec"], done["lastAppliedSpec"]);
+    let template_after = serde_json::to_value(
+        deployment(&client, &ns.name, "app")
+            .await?
+            .spec
+            .map(|s| s.template),
+    )?;
+    assert_eq!(
+        template_before, template_after,
+        "the user's pod template is untouched"
+    );
+    wait_for("target back at 0", Duration::from_secs(20), || async {
+        Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(()))
+    })
+    .await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Retry: the `serin.dev/retry` annotation re-runs a failed revision without any
+/// change to the pod template; the same value again does nothing.
+#[tokio::test]
+async fn retry_annotation_reruns_a_failed_revision_once_per_value() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("retry_annotation") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-retry").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command());
+    app.deploy(&client).await?;
+    apply_json(&client, canary(&ns.name, "app", json!({}))).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+
+    app = app.version("v2").env("CRASH", "1");
+    release(&client, &app).await?;
+    wait_phase(
+        &api,
+        "app",
+        "Progressing",
+        Duration::from_secs(30),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let failed = wait_phase(
+        &api,
+        "app",
+        "Failed",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let template = || async {
+        let d = deployment(&client, &ns.name, "app").await?;
+        Ok::<_, anyhow::Error>(serde_json::to_value(d.spec.map(|s| s.template))?)
+    };
+    let template_before = template().await?;
+    wait_for(
+        "target at 0 after the rollback",
+        Duration::from_secs(20),
+        || async { Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(())) },
+    )
+    .await?;
+
+    let annotate = |extra: &str| {
+        let patch =
+            json!({"metadata": {"annotations": {"serin.dev/retry": "1", "e2e/poke": extra}}});
+        let api = api.clone();
+        async move {
+            api.patch("app", &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    annotate("a").await?;
+    // The retry runs the analysis again: Progressing, the target scaled back up...
+    let mut scaled_up = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&api, "app").await?;
+        if phase(&s) == "Progressing" {
+            scaled_up |= replicas(&client, &ns.name, "app").await? > 0;
+            if scaled_up {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "retry did not restart the analysis: {s}\n{}",
+                op.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and, the revision still crashing, fails at the progress deadline again.
+    seen.clear();
+    let again = wait_phase(
+        &api,
+        "app",
+        "Failed",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    assert_eq!(again["lastRetry"], "1", "{again}");
+    assert_ne!(
+        again["lastTransitionTime"], failed["lastTransitionTime"],
+        "a new failure: {again}"
+    );
+    assert_eq!(
+        again["lastAppliedSpec"], failed["lastAppliedSpec"],
+        "same revision retried"
+    );
+    assert_eq!(
+        template().await?,
+        template_before,
+        "the pod template was not edited"
+    );
+
+    // The same value again (with another annotation, so the Canary does change and is
+    // reconciled) is no new request.
+    annotate("b").await?;
+    let until = Instant::now() + 4 * INTERVAL;
+    while Instant::now() < until {
+        let s = status(&api, "app").await?;
+        assert_eq!(
+            phase(&s),
+            "Failed",
+            "the same retry value must not restart: {s}"
+        );
+        assert_eq!(s["lastTransitionTime"], again["lastTransitionTime"]);
+        assert_eq!(
+            replicas(&client, &ns.name, "app").await?,
+            0,
+            "target stays at 0"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v1"],
+        "primary untouched"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Not-ready primaries never lose traffic: through a full release and a rollback,
+/// whenever the target is at 0 the primary has ready pods.
+#[tokio::test]
+async fn target_is_at_zero_only_while_the_primary_serves() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("never_nothing_serving") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-serving").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(&client, canary(&ns.name, "app", json!({}))).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+
+    for (version, crash, end) in [("v2", false, "Succeeded"), ("v3", true, "Failed")] {
+        app = app.version(version);
+        if crash {
+            app = app.env("CRASH", "1");
+        }
+        release(&client, &app).await?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut phases = BTreeSet::new();
+        let (mut at_zero, mut up) = (0, 0);
+        loop {
+            if check_serving(&client, &ns.name, "app")
+                .await
+                .with_context(|| op.log_tail(40))?
+            {
+                at_zero += 1;
+            } else {
+                up += 1;
+            }
+            let s = status(&api, "app").await?;
+            phases.insert(phase(&s).to_string());
+            if phase(&s) == end && phases.contains("Progressing") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{version}: no {end} in time: {s}\n{}", op.log_tail(40));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(up > 0, "{version}: the target ran the release");
+        wait_for("target back at 0", Duration::from_secs(20), || async {
+            Ok((replicas(&client, &ns.name, "app").await? == 0).then_some(()))
+        })
+        .await?;
+        // The final state too: target at 0 with the primary serving.
+        assert!(
+            check_serving(&client, &ns.name, "app").await?,
+            "target at 0, primary serving"
+        );
+        assert!(
+            at_zero > 0,
+            "{version}: the invariant was checked with the target at 0"
+        );
+    }
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v2", "v2"]
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
