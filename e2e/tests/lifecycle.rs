@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Client;
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 use serin_e2e::operator::Operator;
@@ -576,6 +576,289 @@ async fn target_is_at_zero_only_while_the_primary_serves() -> Result<()> {
         pod_versions(&client, &ns.name, "app=app-primary").await?,
         ["v2", "v2"]
     );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Suspend: a suspended Canary does not start a new revision (no Progressing, the
+/// target stays at 0); resumed, the release runs to the end.
+#[tokio::test]
+async fn suspended_canary_holds_a_new_revision_until_resumed() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("suspend") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-suspend").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(&client, canary(&ns.name, "app", json!({}))).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    let init = wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+
+    let set_suspend = |on: bool| {
+        let api = api.clone();
+        async move {
+            let c = api
+                .patch(
+                    "app",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"suspend": on}})),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(c.metadata.generation)
+        }
+    };
+    let generation = set_suspend(true).await?;
+    // The operator has seen the suspension once it reports that generation.
+    wait_for("suspension observed", Duration::from_secs(20), || async {
+        let s = status(&api, "app").await?;
+        Ok((s["observedGeneration"].as_i64() == generation).then_some(()))
+    })
+    .await?;
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let until = Instant::now() + 4 * INTERVAL;
+    while Instant::now() < until {
+        let s = status(&api, "app").await?;
+        assert_eq!(phase(&s), "Initialized", "suspended: {s}");
+        assert_eq!(
+            s["lastAppliedSpec"], init["lastAppliedSpec"],
+            "no release started: {s}"
+        );
+        assert_eq!(
+            replicas(&client, &ns.name, "app").await?,
+            0,
+            "target stays at 0"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v1", "v1"]
+    );
+
+    set_suspend(false).await?;
+    seen.clear();
+    wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(90),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    assert!(
+        seen.contains("Progressing") && seen.contains("Promoting"),
+        "{seen:?}"
+    );
+    wait_versions(&client, &ns.name, "app=app-primary", &["v2", "v2"]).await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// `revertOnDeletion`: deleting the Canary gives the traffic and the replicas back to
+/// the target, then lets the Canary go; nothing the user created is deleted.
+#[tokio::test]
+async fn revert_on_deletion_gives_the_target_back() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("revert_on_deletion") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-revert").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    deploy_with_config(&client, app, "cfg", "c1").await?;
+    apply_json(
+        &client,
+        canary(&ns.name, "app", json!({"revertOnDeletion": true})),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        0,
+        "target scaled to 0"
+    );
+    let c = api.get("app").await?;
+    assert!(
+        c.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "serin.dev/finalizer"),
+        "finalizer set: {:?}",
+        c.metadata.finalizers
+    );
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    let apex_selector = || async {
+        let s = services.get("app").await?;
+        Ok::<_, anyhow::Error>(
+            s.spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.get("app").cloned()),
+        )
+    };
+    assert_eq!(apex_selector().await?.as_deref(), Some("app-primary"));
+
+    api.delete("app", &DeleteParams::default()).await?;
+    wait_for("canary gone", Duration::from_secs(30), || async {
+        Ok(api.get_opt("app").await?.is_none().then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+    serin_e2e::wait_deployment_available(&client, &ns.name, "app", 2, Duration::from_secs(40))
+        .await?;
+    // The target's own pods serve again, behind the user's Service.
+    assert_eq!(
+        apex_selector().await?.as_deref(),
+        Some("app"),
+        "apex back on the target"
+    );
+    wait_versions(&client, &ns.name, "app=app", &["c1", "c1"]).await?;
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+    assert!(
+        cms.get_opt("cfg").await?.is_some(),
+        "the user's ConfigMap is kept"
+    );
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        2,
+        "the user's Deployment is kept"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+fn hpas(client: &Client, ns: &str) -> Api<DynamicObject> {
+    // 1.20 serves autoscaling/v2beta2, not v2.
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("autoscaling", "v2beta2", "HorizontalPodAutoscaler"),
+        "horizontalpodautoscalers",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// `autoscalerRef`: the primary gets its own HPA, a copy of the user's that scales
+/// `<target>-primary`, kept in step with the user's at promotion.
+#[tokio::test]
+async fn autoscaler_ref_gets_a_primary_hpa() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("primary_hpa") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-hpa").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    let hpa = |max: i64| {
+        json!({
+            "apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "app-hpa", "namespace": ns.name},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                "minReplicas": 2, "maxReplicas": max,
+                "metrics": [{"type": "Resource", "resource": {
+                    "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+            }
+        })
+    };
+    apply_json(&client, hpa(4)).await?;
+    let autoscaler = json!({"autoscalerRef": {
+        "apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler", "name": "app-hpa"}});
+    apply_json(&client, canary(&ns.name, "app", autoscaler)).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let hpa_api = hpas(&client, &ns.name);
+    let primary_hpa = || async {
+        let h = hpa_api
+            .get("app-hpa-primary")
+            .await
+            .context("primary HPA")?;
+        let spec = h.data["spec"].clone();
+        Ok::<_, anyhow::Error>((
+            spec["scaleTargetRef"]["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            spec["scaleTargetRef"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            spec["minReplicas"].as_i64(),
+            spec["maxReplicas"].as_i64(),
+            spec["metrics"].clone(),
+        ))
+    };
+    let (kind, name, min, max, metrics) = primary_hpa().await?;
+    assert_eq!(
+        (kind.as_str(), name.as_str()),
+        ("Deployment", "app-primary")
+    );
+    assert_eq!(
+        (min, max),
+        (Some(2), Some(4)),
+        "same bounds as the user's HPA"
+    );
+    let user = hpa_api.get("app-hpa").await?;
+    assert_eq!(
+        metrics, user.data["spec"]["metrics"],
+        "same metrics as the user's HPA"
+    );
+    assert_eq!(
+        user.data["spec"]["scaleTargetRef"]["name"], "app",
+        "the user's HPA is left alone"
+    );
+
+    // The user raises the bound; the next promotion carries it to the primary's HPA.
+    apply_json(&client, hpa(5)).await?;
+    app = app.version("v2");
+    release(&client, &app).await?;
+    seen.clear();
+    wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(90),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let (_, name, min, max, _) = primary_hpa().await?;
+    assert_eq!((name.as_str(), min, max), ("app-primary", Some(2), Some(5)));
+    wait_versions(&client, &ns.name, "app=app-primary", &["v2", "v2"]).await?;
     drop(op);
     ns.cleanup().await?;
     Ok(())
