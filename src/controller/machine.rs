@@ -174,6 +174,13 @@ impl Machine<'_> {
             self.requeue = self.settings.interval;
             return;
         }
+        // A retry value asks to re-run the revision that has failed when it is set. One
+        // already there before (set at creation, kept in a GitOps manifest) is taken as
+        // seen, or the next failure would be re-run without anyone asking. Waiting may
+        // be a retry held by confirm-rollout, so it keeps the request pending.
+        if !matches!(phase, Some(Phase::Failed | Phase::Waiting)) {
+            self.status.last_retry.clone_from(&self.obs.retry);
+        }
         match phase {
             None | Some(Phase::Initializing) => self.initialize(),
             Some(Phase::Initialized | Phase::Succeeded | Phase::Failed | Phase::Waiting) => {

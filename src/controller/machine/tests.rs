@@ -616,6 +616,30 @@ fn retry_annotation_restarts_a_failed_revision_once() {
 }
 
 #[test]
+fn retry_value_older_than_the_failure_is_no_request() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v2");
+    o.retry = Some("1".into());
+    o.canary = Readiness::Failed("crash loop".into());
+    // The value was there while the release ran; the release then fails.
+    let d = decided(&s, &status(Phase::Progressing, "v2"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Failed));
+    assert_eq!(d.status.last_retry.as_deref(), Some("1"));
+    let d = decided(&s, &d.status, &o, t0() + secs(10));
+    assert_eq!(
+        phase_of(&d),
+        Some(Phase::Failed),
+        "not re-run on the old value"
+    );
+    assert!(d.actions.is_empty());
+    // A value set after the failure is a request.
+    o.retry = Some("2".into());
+    let d = decided(&s, &d.status, &o, t0() + secs(20));
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.status.last_retry.as_deref(), Some("2"));
+}
+
+#[test]
 fn deletion_with_revert_finalizes_once() {
     let s = Settings {
         revert_on_deletion: true,
