@@ -6,14 +6,17 @@
 //! simulator.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Client;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    PostParams, WatchEvent, WatchParams,
 };
 use serde_json::{Value, json};
 use serin_e2e::operator::Operator;
@@ -859,6 +862,113 @@ async fn autoscaler_ref_gets_a_primary_hpa() -> Result<()> {
     let (_, name, min, max, _) = primary_hpa().await?;
     assert_eq!((name.as_str(), min, max), ("app-primary", Some(2), Some(5)));
     wait_versions(&client, &ns.name, "app=app-primary", &["v2", "v2"]).await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Every phase the Canary `name` goes through from now on, in order, as seen by a
+/// watch: polling can miss a phase that lasts only until the next reconcile.
+async fn record_phases(
+    api: &Api<DynamicObject>,
+    name: &str,
+) -> Result<(Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>)> {
+    let rv = api
+        .get(name)
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let wp = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(290);
+    let stream = api.watch(&wp, &rv).await?;
+    let phases = Arc::new(Mutex::new(Vec::<String>::new()));
+    let out = phases.clone();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(Ok(ev)) = stream.next().await {
+            let (WatchEvent::Added(o) | WatchEvent::Modified(o)) = ev else {
+                continue;
+            };
+            let p = o.data["status"]["phase"].as_str().unwrap_or("").to_string();
+            let mut all = out.lock().unwrap_or_else(|e| e.into_inner());
+            if all.last() != Some(&p) {
+                all.push(p);
+            }
+        }
+    });
+    Ok((phases, task))
+}
+
+fn phases_so_far(p: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    p.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A retry value that was already on the Canary before the revision failed (set at
+/// creation, or kept in a GitOps manifest) is no request to re-run that failure: only
+/// a value set after it is.
+#[tokio::test]
+async fn retry_value_set_before_the_failure_does_not_rerun_it() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("stale_retry") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-stale-retry").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command());
+    app.deploy(&client).await?;
+    let mut c = canary(&ns.name, "app", json!({}));
+    c["metadata"]["annotations"] = json!({"serin.dev/retry": "1"});
+    apply_json(&client, c).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+
+    let (phases, watch) = record_phases(&api, "app").await?;
+    app = app.version("v2").env("CRASH", "1");
+    release(&client, &app).await?;
+    wait_for("the release to fail", Duration::from_secs(60), || async {
+        Ok(phases_so_far(&phases)
+            .iter()
+            .any(|p| p == "Failed")
+            .then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+    tokio::time::sleep(4 * INTERVAL).await;
+    assert_eq!(
+        phases_so_far(&phases),
+        ["Progressing", "Failed"],
+        "re-ran on a retry value older than the failure"
+    );
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        0,
+        "target stays at 0"
+    );
+    // A new value is a request.
+    let patch = json!({"metadata": {"annotations": {"serin.dev/retry": "2"}}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    wait_phase(
+        &api,
+        "app",
+        "Progressing",
+        Duration::from_secs(20),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    watch.abort();
     drop(op);
     ns.cleanup().await?;
     Ok(())
