@@ -384,9 +384,14 @@ impl Machine<'_> {
     }
 
     fn retry_requested(&self) -> bool {
-        self.status.phase == Some(Phase::Failed)
-            && self.obs.retry.is_some()
-            && self.obs.retry != self.status.last_retry
+        // Waiting counts when the last release failed: a retry held by confirm-rollout
+        // must keep waiting, not fall back to Failed and ask again every tick.
+        let failed = match self.status.phase {
+            Some(Phase::Failed) => true,
+            Some(Phase::Waiting) => self.status.last_applied_spec != self.status.last_promoted_spec,
+            _ => false,
+        };
+        failed && self.obs.retry.is_some() && self.obs.retry != self.status.last_retry
     }
 
     fn idle(&mut self) {
