@@ -873,17 +873,18 @@ async fn record_phases(
     api: &Api<DynamicObject>,
     name: &str,
 ) -> Result<(Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>)> {
-    let rv = api
-        .get(name)
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    // Starts from the phase now, then follows every change after this version.
+    let now = api.get(name).await?;
+    let rv = now.metadata.resource_version.unwrap_or_default();
     let wp = WatchParams::default()
         .fields(&format!("metadata.name={name}"))
         .timeout(290);
     let stream = api.watch(&wp, &rv).await?;
-    let phases = Arc::new(Mutex::new(Vec::<String>::new()));
+    let first = now.data["status"]["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let phases = Arc::new(Mutex::new(vec![first]));
     let out = phases.clone();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -947,7 +948,7 @@ async fn retry_value_set_before_the_failure_does_not_rerun_it() -> Result<()> {
     tokio::time::sleep(4 * INTERVAL).await;
     assert_eq!(
         phases_so_far(&phases),
-        ["Progressing", "Failed"],
+        ["Initialized", "Progressing", "Failed"],
         "re-ran on a retry value older than the failure"
     );
     assert_eq!(
@@ -968,6 +969,157 @@ async fn retry_value_set_before_the_failure_does_not_rerun_it() -> Result<()> {
         &mut seen,
     )
     .await?;
+    watch.abort();
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// A confirm-rollout webhook on 127.0.0.1 (the operator runs on this host) that
+/// answers 200 while `open` holds, else 403.
+async fn gate_server(open: Arc<std::sync::atomic::AtomicBool>) -> Result<String> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let open = open.clone();
+            tokio::spawn(async move {
+                // Read the whole request (headers, then Content-Length bytes of body)
+                // before answering, so the client never sees a reset.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0usize);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let status = if open.load(Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "403 Forbidden"
+                };
+                let resp =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A retry held by a closed confirm-rollout gate waits (one Waiting, no flapping back
+/// to Failed), and runs once the gate opens.
+#[tokio::test]
+async fn retry_waits_for_confirm_rollout() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(env) = ClusterEnv::for_test("retry_gate") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-retry-gate").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let open = Arc::new(AtomicBool::new(true));
+    let url = gate_server(open.clone()).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command());
+    app.deploy(&client).await?;
+    let analysis = json!({"analysis": {
+        "interval": format!("{}s", INTERVAL.as_secs()), "threshold": 1, "iterations": 2,
+        "webhooks": [{"name": "approval", "type": "confirm-rollout", "url": url}]
+    }});
+    apply_json(&client, canary(&ns.name, "app", analysis)).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    app = app.version("v2").env("CRASH", "1");
+    release(&client, &app).await?;
+    wait_phase(
+        &api,
+        "app",
+        "Progressing",
+        Duration::from_secs(30),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    wait_phase(
+        &api,
+        "app",
+        "Failed",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+
+    open.store(false, Ordering::SeqCst);
+    let (phases, watch) = record_phases(&api, "app").await?;
+    let patch = json!({"metadata": {"annotations": {"serin.dev/retry": "1"}}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    wait_for("the retry to wait", Duration::from_secs(20), || async {
+        Ok(phases_so_far(&phases)
+            .iter()
+            .any(|p| p == "Waiting")
+            .then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+    tokio::time::sleep(4 * INTERVAL).await;
+    assert_eq!(
+        phases_so_far(&phases),
+        ["Failed", "Waiting"],
+        "held retry flapped"
+    );
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        0,
+        "nothing runs while held"
+    );
+
+    open.store(true, Ordering::SeqCst);
+    wait_for(
+        "the retry to run and fail again",
+        Duration::from_secs(60),
+        || async {
+            // The list starts at Failed: wait for a Failed after the retry ran.
+            let p = phases_so_far(&phases);
+            Ok((p.len() > 2 && p.last().is_some_and(|l| l == "Failed")).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| op.log_tail(40))?;
+    assert_eq!(
+        phases_so_far(&phases),
+        ["Failed", "Waiting", "Progressing", "Failed"]
+    );
     watch.abort();
     drop(op);
     ns.cleanup().await?;
