@@ -1125,3 +1125,178 @@ async fn retry_waits_for_confirm_rollout() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// The `message` each ready pod of `selector` answers at `/` (the sample app's
+/// MESSAGE), for Secrets: sorted.
+async fn pod_messages(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut out = Vec::new();
+    for pod in list_pods(client, ns, selector).await? {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        if !pod_ready(&pod) {
+            continue;
+        }
+        let v: Value = http
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        out.push(v["message"].as_str().unwrap_or("?").to_string());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Secrets are tracked like ConfigMaps (a change is a release, the primary uses the
+/// `-primary` copy); a ConfigMap annotated `serin.dev/config-tracking: disabled` is
+/// left to the user: no copy, the primary uses it as is, and a change starts nothing.
+#[tokio::test]
+async fn secrets_are_tracked_and_opted_out_configmaps_are_not() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let Some(env) = ClusterEnv::for_test("secret_tracking") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-secret").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "sec", "namespace": ns.name},
+        "stringData": {"MESSAGE": "s1"}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let untracked: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "free", "namespace": ns.name,
+                     "annotations": {"serin.dev/config-tracking": "disabled"}},
+        "data": {"EXTRA": "x1"}
+    }))?;
+    cms.create(&PostParams::default(), &untracked).await?;
+    let app = SampleApp::new(&ns.name, "app", &env.sample_app_command())
+        .replicas(2)
+        .env_json(json!({"name": "MESSAGE",
+                         "valueFrom": {"secretKeyRef": {"name": "sec", "key": "MESSAGE"}}}))
+        .env_json(json!({"name": "EXTRA",
+                         "valueFrom": {"configMapKeyRef": {"name": "free", "key": "EXTRA"}}}));
+    deploy_with_config(&client, app, "cfg", "c1").await?;
+    apply_json(&client, canary(&ns.name, "app", json!({}))).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    let init = wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let keys: BTreeSet<String> = init["trackedConfigs"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["configmap/cfg".to_string(), "secret/sec".to_string()]),
+        "{init}"
+    );
+    let primary = deployment(&client, &ns.name, "app-primary").await?;
+    let env_of =
+        serde_json::to_value(primary.spec.map(|s| s.template))?["spec"]["containers"][0]["env"]
+            .clone();
+    let source = |var: &str, kind: &str| {
+        env_of
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == var))
+            .map(|e| e["valueFrom"][kind]["name"].clone())
+    };
+    assert_eq!(
+        source("MESSAGE", "secretKeyRef"),
+        Some(json!("sec-primary")),
+        "{env_of}"
+    );
+    assert_eq!(
+        source("EXTRA", "configMapKeyRef"),
+        Some(json!("free")),
+        "{env_of}"
+    );
+    assert!(
+        cms.get_opt("free-primary").await?.is_none(),
+        "no copy of an opted-out ConfigMap"
+    );
+    wait_for("primary answering s1", Duration::from_secs(30), || async {
+        Ok(
+            (pod_messages(&client, &ns.name, "app=app-primary").await? == ["s1", "s1"])
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // The opted-out ConfigMap changes: no release.
+    cms.patch(
+        "free",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"EXTRA": "x2"}})),
+    )
+    .await?;
+    let until = Instant::now() + 4 * INTERVAL;
+    while Instant::now() < until {
+        let s = status(&api, "app").await?;
+        assert_eq!(
+            phase(&s),
+            "Initialized",
+            "an untracked change started a release: {s}"
+        );
+        assert_eq!(s["lastAppliedSpec"], init["lastAppliedSpec"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The Secret changes: a release, promoted to the `-primary` copy.
+    secrets
+        .patch(
+            "sec",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"MESSAGE": "s2"}})),
+        )
+        .await?;
+    seen.clear();
+    let done = wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(90),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    assert!(seen.contains("Progressing"), "{seen:?}");
+    assert_ne!(
+        done["trackedConfigs"]["secret/sec"],
+        init["trackedConfigs"]["secret/sec"]
+    );
+    assert_eq!(
+        done["trackedConfigs"]["configmap/cfg"],
+        init["trackedConfigs"]["configmap/cfg"]
+    );
+    let copy = secrets.get("sec-primary").await?;
+    let msg = copy.data.and_then(|d| {
+        d.get("MESSAGE")
+            .map(|b| String::from_utf8_lossy(&b.0).to_string())
+    });
+    assert_eq!(msg.as_deref(), Some("s2"));
+    wait_for("primary answering s2", Duration::from_secs(40), || async {
+        Ok(
+            (pod_messages(&client, &ns.name, "app=app-primary").await? == ["s2", "s2"])
+                .then_some(()),
+        )
+    })
+    .await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
