@@ -1300,3 +1300,63 @@ async fn secrets_are_tracked_and_opted_out_configmaps_are_not() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// `revertOnDeletion` mid-release: deleting the Canary while a new revision is being
+/// analysed leaves the target (running that revision) serving behind the apex.
+#[tokio::test]
+async fn revert_on_deletion_mid_release_leaves_the_target_serving() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("revert_mid_release") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-revert-mid").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    // Many iterations, so the release is still running when the Canary goes.
+    let spec = json!({
+        "revertOnDeletion": true,
+        "analysis": {"interval": format!("{}s", INTERVAL.as_secs()), "threshold": 1, "iterations": 50}
+    });
+    apply_json(&client, canary(&ns.name, "app", spec)).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    app = app.version("v2");
+    release(&client, &app).await?;
+    wait_for("analysis under way", Duration::from_secs(40), || async {
+        let s = status(&api, "app").await?;
+        Ok((phase(&s) == "Progressing" && s["iterations"].as_u64() >= Some(1)).then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+
+    api.delete("app", &DeleteParams::default()).await?;
+    wait_for("canary gone", Duration::from_secs(30), || async {
+        Ok(api.get_opt("app").await?.is_none().then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("app")
+        .await?;
+    let selector = svc
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.get("app").cloned());
+    assert_eq!(selector.as_deref(), Some("app"), "apex on the target");
+    serin_e2e::wait_deployment_available(&client, &ns.name, "app", 2, Duration::from_secs(30))
+        .await?;
+    wait_versions(&client, &ns.name, "app=app", &["v2", "v2"]).await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
