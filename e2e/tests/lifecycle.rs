@@ -1360,3 +1360,88 @@ async fn revert_on_deletion_mid_release_leaves_the_target_serving() -> Result<()
     ns.cleanup().await?;
     Ok(())
 }
+
+/// Suspend mid-release freezes the analysis where it is (no iteration advances, no
+/// promotion, the canary keeps running); resumed, it carries on to the end.
+#[tokio::test]
+async fn suspend_mid_release_freezes_the_analysis() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("suspend_mid_release") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-suspend-mid").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command());
+    app.deploy(&client).await?;
+    let spec = json!({"analysis": {
+        "interval": format!("{}s", INTERVAL.as_secs()), "threshold": 1, "iterations": 4
+    }});
+    apply_json(&client, canary(&ns.name, "app", spec)).await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    app = app.version("v2");
+    release(&client, &app).await?;
+    wait_for("first iteration", Duration::from_secs(40), || async {
+        let s = status(&api, "app").await?;
+        Ok((phase(&s) == "Progressing" && s["iterations"].as_u64() >= Some(1)).then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+    let suspend = |on: bool| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"spec": {"suspend": on}});
+            let c = api
+                .patch("app", &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            Ok::<_, anyhow::Error>(c.metadata.generation)
+        }
+    };
+    let generation = suspend(true).await?;
+    let frozen = wait_for("suspension observed", Duration::from_secs(20), || async {
+        let s = status(&api, "app").await?;
+        Ok((s["observedGeneration"].as_i64() == generation).then_some(s))
+    })
+    .await?;
+    let until = Instant::now() + 4 * INTERVAL;
+    while Instant::now() < until {
+        let s = status(&api, "app").await?;
+        assert_eq!(phase(&s), "Progressing", "{s}");
+        assert_eq!(
+            s["iterations"], frozen["iterations"],
+            "analysis advanced while suspended"
+        );
+        assert!(
+            replicas(&client, &ns.name, "app").await? > 0,
+            "the canary keeps running"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=app-primary").await?,
+        ["v1"]
+    );
+    suspend(false).await?;
+    wait_phase(
+        &api,
+        "app",
+        "Succeeded",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    wait_versions(&client, &ns.name, "app=app-primary", &["v2"]).await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
