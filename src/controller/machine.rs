@@ -180,6 +180,13 @@ impl Machine<'_> {
             self.requeue = self.settings.interval;
             return;
         }
+        // A retry value asks to re-run the revision that has failed when it is set. One
+        // already there before (set at creation, kept in a GitOps manifest) is taken as
+        // seen, or the next failure would be re-run without anyone asking. Waiting may
+        // be a retry held by confirm-rollout, so it keeps the request pending.
+        if !matches!(phase, Some(Phase::Failed | Phase::Waiting)) {
+            self.status.last_retry.clone_from(&self.obs.retry);
+        }
         match phase {
             None | Some(Phase::Initializing) => self.initialize(),
             Some(Phase::Initialized | Phase::Succeeded | Phase::Failed | Phase::Waiting) => {
@@ -385,9 +392,14 @@ impl Machine<'_> {
     }
 
     fn retry_requested(&self) -> bool {
-        self.status.phase == Some(Phase::Failed)
-            && self.obs.retry.is_some()
-            && self.obs.retry != self.status.last_retry
+        // Waiting counts when the last release failed: a retry held by confirm-rollout
+        // must keep waiting, not fall back to Failed and ask again every tick.
+        let failed = match self.status.phase {
+            Some(Phase::Failed) => true,
+            Some(Phase::Waiting) => self.status.last_applied_spec != self.status.last_promoted_spec,
+            _ => false,
+        };
+        failed && self.obs.retry.is_some() && self.obs.retry != self.status.last_retry
     }
 
     fn idle(&mut self) {

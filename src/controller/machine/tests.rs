@@ -647,6 +647,67 @@ fn retry_annotation_restarts_a_failed_revision_once() {
 }
 
 #[test]
+fn retry_value_older_than_the_failure_is_no_request() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v2");
+    o.retry = Some("1".into());
+    o.canary = Readiness::Failed("crash loop".into());
+    // The value was there while the release ran; the release then fails.
+    let d = decided(&s, &status(Phase::Progressing, "v2"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Failed));
+    assert_eq!(d.status.last_retry.as_deref(), Some("1"));
+    let d = decided(&s, &d.status, &o, t0() + secs(10));
+    assert_eq!(
+        phase_of(&d),
+        Some(Phase::Failed),
+        "not re-run on the old value"
+    );
+    assert!(d.actions.is_empty());
+    // A value set after the failure is a request.
+    o.retry = Some("2".into());
+    let d = decided(&s, &d.status, &o, t0() + secs(20));
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.status.last_retry.as_deref(), Some("2"));
+}
+
+#[test]
+fn retry_held_by_confirm_rollout_waits_without_flapping() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v2");
+    o.retry = Some("1".into());
+    o.webhook_types = [WebhookType::ConfirmRollout].into_iter().collect();
+    o.checks.gates.insert(
+        WebhookType::ConfirmRollout,
+        vec![check("approval", Verdict::Fail)],
+    );
+    let d = decided(&s, &status(Phase::Failed, "v2"), &o, t0());
+    assert_eq!(phase_of(&d), Some(Phase::Waiting));
+    assert_eq!(d.events.len(), 1);
+    // Still closed: the retry keeps waiting, with no new event.
+    let d = decided(&s, &d.status, &o, t0() + secs(10));
+    assert_eq!(phase_of(&d), Some(Phase::Waiting));
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    // Opened: the retry runs.
+    o.checks.gates.insert(
+        WebhookType::ConfirmRollout,
+        vec![check("approval", Verdict::Pass)],
+    );
+    let d = decided(&s, &d.status, &o, t0() + secs(20));
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.status.last_retry.as_deref(), Some("1"));
+    // Withdrawn while waiting: back to Failed.
+    o.retry = None;
+    let waiting = CanaryStatus {
+        hold_reason: Some("confirm-rollout: closed".into()),
+        ..status(Phase::Waiting, "v2")
+    };
+    assert_eq!(
+        phase_of(&decided(&s, &waiting, &o, t0())),
+        Some(Phase::Failed)
+    );
+}
+
+#[test]
 fn deletion_with_revert_finalizes_once() {
     let s = Settings {
         revert_on_deletion: true,
