@@ -495,8 +495,10 @@ async fn gateway_api_steps() {
             .delete("podinfo", &DeleteParams::default())
             .await
             .unwrap();
+        // The garbage collector learns of newly installed CRDs on a 30 s discovery
+        // resync, and the Canary CRD may be only seconds old on a fresh cluster.
         let mut gone = false;
-        for _ in 0..150 {
+        for _ in 0..450 {
             if !exists(&client, &route_ar, &ns, "podinfo").await {
                 gone = true;
                 break;

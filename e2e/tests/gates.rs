@@ -11,37 +11,12 @@ use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, weight};
 use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json};
-
-fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
-        "canaries",
-    );
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
-    let c = api
-        .get(name)
-        .await
-        .with_context(|| format!("get canary {name}"))?;
-    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(s: &Value) -> &str {
-    s.get("phase").and_then(Value::as_str).unwrap_or("")
-}
-
-fn weight(s: &Value) -> u64 {
-    s.get("canaryWeight").and_then(Value::as_u64).unwrap_or(0)
-}
 
 /// Waits for phase `want`; a different terminal phase after Progressing fails at once
 /// so a wrong outcome is reported as such, not as a timeout.
@@ -75,20 +50,6 @@ async fn wait_phase(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// Rolls the Deployment to a new pod template (a new revision).
-async fn release(client: &Client, app: &SampleApp) -> Result<()> {
-    let d = app.deployment()?;
-    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
-    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .patch(
-            &app.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": template}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Serves `router` on an ephemeral loopback port: the operator runs on this host, so

@@ -19,19 +19,12 @@ use kube::api::{
     PostParams, WatchEvent, WatchParams,
 };
 use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, wait_target_at_zero};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
 
 /// The analysis interval of every Canary here; holds are measured in multiples of it.
 const INTERVAL: Duration = Duration::from_secs(3);
-
-fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
-        "canaries",
-    );
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
 
 /// A blue/green Canary for Deployment `name` with the `kubernetes` provider; `extra`
 /// is merged into its spec.
@@ -51,18 +44,6 @@ fn canary(ns: &str, name: &str, extra: Value) -> Value {
         "metadata": {"name": name, "namespace": ns},
         "spec": spec
     })
-}
-
-async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
-    let c = api
-        .get(name)
-        .await
-        .with_context(|| format!("get canary {name}"))?;
-    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(s: &Value) -> &str {
-    s.get("phase").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Waits for phase `want`, recording every phase seen on the way.
@@ -144,21 +125,6 @@ fn spec_replicas(d: &Deployment) -> i32 {
 
 async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
     Ok(spec_replicas(&deployment(client, ns, name).await?))
-}
-
-/// Rolls the Deployment to the app's pod template (a new revision), leaving replicas
-/// to the operator.
-async fn release(client: &Client, app: &SampleApp) -> Result<()> {
-    let d = app.deployment()?;
-    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
-    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .patch(
-            &app.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": template}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Deploys `app` with VERSION taken from the ConfigMap `cm` (through `envFrom`)
@@ -480,6 +446,7 @@ async fn retry_annotation_reruns_a_failed_revision_once_per_value() -> Result<()
 
     // The same value again (with another annotation, so the Canary does change and is
     // reconciled) is no new request.
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     annotate("b").await?;
     let until = Instant::now() + 4 * INTERVAL;
     while Instant::now() < until {
@@ -570,6 +537,7 @@ async fn target_is_at_zero_only_while_the_primary_serves() -> Result<()> {
             check_serving(&client, &ns.name, "app").await?,
             "target at 0, primary serving"
         );
+        at_zero += 1;
         assert!(
             at_zero > 0,
             "{version}: the invariant was checked with the target at 0"
@@ -622,6 +590,7 @@ async fn suspended_canary_holds_a_new_revision_until_resumed() -> Result<()> {
             Ok::<_, anyhow::Error>(c.metadata.generation)
         }
     };
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     let generation = set_suspend(true).await?;
     // The operator has seen the suspension once it reports that generation.
     wait_for("suspension observed", Duration::from_secs(20), || async {
@@ -700,11 +669,7 @@ async fn revert_on_deletion_gives_the_target_back() -> Result<()> {
         &mut seen,
     )
     .await?;
-    assert_eq!(
-        replicas(&client, &ns.name, "app").await?,
-        0,
-        "target scaled to 0"
-    );
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     let c = api.get("app").await?;
     assert!(
         c.metadata
@@ -946,6 +911,7 @@ async fn retry_value_set_before_the_failure_does_not_rerun_it() -> Result<()> {
     .await
     .with_context(|| op.log_tail(40))?;
     tokio::time::sleep(4 * INTERVAL).await;
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     assert_eq!(
         phases_so_far(&phases),
         ["Initialized", "Progressing", "Failed"],
@@ -1093,6 +1059,7 @@ async fn retry_waits_for_confirm_rollout() -> Result<()> {
     .await
     .with_context(|| op.log_tail(40))?;
     tokio::time::sleep(4 * INTERVAL).await;
+    wait_target_at_zero(&client, &ns.name, "app").await?;
     assert_eq!(
         phases_so_far(&phases),
         ["Failed", "Waiting"],

@@ -5,41 +5,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, wait_target_at_zero, weight};
 use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, wait_for};
-
-fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
-        "canaries",
-    );
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
-    let c = api
-        .get(name)
-        .await
-        .with_context(|| format!("get canary {name}"))?;
-    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(s: &Value) -> &str {
-    s.get("phase").and_then(Value::as_str).unwrap_or("")
-}
-
-fn weight(s: &Value) -> u64 {
-    s.get("canaryWeight").and_then(Value::as_u64).unwrap_or(0)
-}
 
 /// Waits for `want`, recording every phase seen on the way; fails early on a
 /// different terminal phase.
@@ -114,27 +89,6 @@ async fn replicas(client: &Client, ns: &str, name: &str) -> Result<i32> {
         .get(name)
         .await?;
     Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
-}
-
-async fn wait_target_at_zero(client: &Client, ns: &str, name: &str) -> Result<()> {
-    wait_for("target at 0", Duration::from_secs(20), || async {
-        Ok((replicas(client, ns, name).await? == 0).then_some(()))
-    })
-    .await
-}
-
-/// Rolls the Deployment to a new pod template (a new revision).
-async fn release(client: &Client, app: &SampleApp) -> Result<()> {
-    let d = app.deployment()?;
-    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
-    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .patch(
-            &app.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": template}})),
-        )
-        .await?;
-    Ok(())
 }
 
 async fn events_for(

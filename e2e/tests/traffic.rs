@@ -6,22 +6,14 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::apps::v1::Deployment;
+use anyhow::{Result, bail};
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, weight};
 use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
-
-fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
-        "canaries",
-    );
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
 
 fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
@@ -29,22 +21,6 @@ fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
         "httproutes",
     );
     Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
-    let c = api
-        .get(name)
-        .await
-        .with_context(|| format!("get canary {name}"))?;
-    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(s: &Value) -> &str {
-    s.get("phase").and_then(Value::as_str).unwrap_or("")
-}
-
-fn weight(s: &Value) -> u64 {
-    s.get("canaryWeight").and_then(Value::as_u64).unwrap_or(0)
 }
 
 async fn wait_phase(
@@ -68,19 +44,6 @@ async fn wait_phase(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-async fn release(client: &Client, app: &SampleApp) -> Result<()> {
-    let d = app.deployment()?;
-    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
-    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .patch(
-            &app.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": template}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Follows a release to its end, measuring at every weighted step the share of >= 500

@@ -404,8 +404,18 @@ impl Machine<'_> {
 
     fn idle(&mut self) {
         let retry = self.retry_requested();
-        if !self.new_revision() && !retry {
+        let pending = self.new_revision() || retry;
+        if self.obs.target_scaled_up {
             self.scale_down_after_drain();
+            if pending {
+                // A release starts from fresh target pods: running ones keep the
+                // configuration they started with, so a ConfigMap-only change would
+                // not reach them.
+                self.requeue = self.requeue.min(POLL);
+                return;
+            }
+        }
+        if !pending {
             if self.status.phase == Some(Phase::Waiting) {
                 // The revision we were waiting to start was reverted by the user.
                 self.status.phase = Some(self.old_settled_phase());
@@ -438,7 +448,7 @@ impl Machine<'_> {
     /// In a settled phase the target serves no traffic: once the routes have been on
     /// the primary for `DRAIN`, scale it to zero.
     fn scale_down_after_drain(&mut self) {
-        if !self.obs.target_scaled_up || self.status.phase == Some(Phase::Waiting) {
+        if !self.obs.target_scaled_up {
             return;
         }
         let since = self

@@ -580,6 +580,52 @@ fn gates_are_asked_for_only_when_needed() {
 }
 
 #[test]
+fn a_release_held_by_confirm_rollout_keeps_the_target_at_zero() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v3");
+    o.target_scaled_up = true;
+    o.webhook_types = [WebhookType::ConfirmRollout].into_iter().collect();
+    o.checks.gates.insert(
+        WebhookType::ConfirmRollout,
+        vec![check("gate", Verdict::Fail)],
+    );
+    // Failed a while ago with the target still up: held in Waiting, it drains.
+    let st = CanaryStatus {
+        last_transition_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Failed, "v2")
+    };
+    let d = decided(&s, &st, &o, t0() + secs(6));
+    assert_eq!(phase_of(&d), Some(Phase::Failed), "the target drains first");
+    assert_eq!(d.actions, vec![Action::ScaleTargetToZero]);
+    o.target_scaled_up = false;
+    let d = decided(&s, &st, &o, t0() + secs(7));
+    assert_eq!(phase_of(&d), Some(Phase::Waiting));
+    assert!(d.actions.is_empty(), "nothing scales up while held");
+}
+
+#[test]
+fn a_new_revision_waits_for_the_drained_target_to_reach_zero() {
+    let s = settings(canary_strategy());
+    let mut o = obs("v3");
+    o.target_scaled_up = true;
+    let st = CanaryStatus {
+        last_transition_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Succeeded, "v2")
+    };
+    let d = decided(&s, &st, &o, t0() + secs(2));
+    assert_eq!(
+        (phase_of(&d), d.actions.clone()),
+        (Some(Phase::Succeeded), vec![])
+    );
+    let d = decided(&s, &st, &o, t0() + secs(6));
+    assert_eq!(d.actions, vec![Action::ScaleTargetToZero]);
+    o.target_scaled_up = false;
+    let d = decided(&s, &st, &o, t0() + secs(7));
+    assert_eq!(phase_of(&d), Some(Phase::Progressing));
+    assert_eq!(d.actions, vec![Action::ScaleTargetUp], "fresh pods");
+}
+
+#[test]
 fn confirm_promotion_holds_in_waiting_promotion() {
     let s = settings(canary_strategy());
     let mut o = with_metrics(obs("v2"), Verdict::Pass);

@@ -1,0 +1,65 @@
+//! Reading and driving Canaries in end-to-end tests.
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::SampleApp;
+
+pub fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
+        "canaries",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+pub async fn status(api: &Api<DynamicObject>, name: &str) -> Result<Value> {
+    let c = api
+        .get(name)
+        .await
+        .with_context(|| format!("get canary {name}"))?;
+    Ok(c.data.get("status").cloned().unwrap_or(Value::Null))
+}
+
+pub fn phase(s: &Value) -> &str {
+    s.get("phase").and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn weight(s: &Value) -> u64 {
+    s.get("canaryWeight").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Rolls the Deployment to a new pod template (a new revision).
+pub async fn release(client: &Client, app: &SampleApp) -> Result<()> {
+    let d = app.deployment()?;
+    let template = serde_json::to_value(d.spec.map(|s| s.template))?;
+    Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .patch(
+            &app.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until the target Deployment is scaled to zero: Serin does that once traffic
+/// has drained off it, a few seconds after the routes moved to the primary.
+pub async fn wait_target_at_zero(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let api = Api::<Deployment>::namespaced(client.clone(), ns);
+    crate::wait_for(
+        &format!("{ns}/{name} at 0 replicas"),
+        std::time::Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get(name).await?;
+                Ok((d.spec.and_then(|s| s.replicas) == Some(0)).then_some(()))
+            }
+        },
+    )
+    .await
+}
