@@ -63,3 +63,33 @@ pub async fn wait_target_at_zero(client: &Client, ns: &str, name: &str) -> Resul
     )
     .await
 }
+
+/// The version each ready pod of `selector` answers with, asked at its pod IP.
+pub async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let mut out = Vec::new();
+    for pod in crate::list_pods(client, ns, selector).await? {
+        if !crate::pod_ready(&pod) {
+            continue;
+        }
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let v: Value = http
+            .get(format!("http://{ip}:8080/version"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        out.push(
+            v.get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+        );
+    }
+    out.sort();
+    Ok(out)
+}

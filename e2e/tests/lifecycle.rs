@@ -19,7 +19,7 @@ use kube::api::{
     PostParams, WatchEvent, WatchParams,
 };
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, phase, release, status, wait_target_at_zero};
+use serin_e2e::canary::{canaries, phase, pod_versions, release, status, wait_target_at_zero};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
 
@@ -70,36 +70,6 @@ async fn wait_phase(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The version each ready pod of `selector` answers with, asked at its pod IP.
-async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let mut out = Vec::new();
-    for pod in list_pods(client, ns, selector).await? {
-        if !pod_ready(&pod) {
-            continue;
-        }
-        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-            continue;
-        };
-        let v: Value = http
-            .get(format!("http://{ip}:8080/version"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        out.push(
-            v.get("version")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string(),
-        );
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Waits until every ready pod of `selector` answers one of `want` (sorted).
