@@ -221,9 +221,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         canary.primary_service_name(),
         canary.canary_service_name(),
     ];
+    // A new revision re-reconciles routing too (its container ports matter with
+    // portDiscovery), but only when its release starts: see `Action::ScaleTargetUp`.
     let routing_stale = status.observed_generation != generation
         || matches!(status.phase, None | Some(Phase::Initializing))
-        || status.last_applied_spec.as_deref() != Some(checksum.as_str())
         || ns_services.iter().any(|s| {
             ctx.stores
                 .services
@@ -252,7 +253,8 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             workload::Readiness::Ready
         )
     });
-    if routing_stale && !deleting && (!initializing || primary_serving) {
+    let routing_reconciled = routing_stale && !deleting && (!initializing || primary_serving);
+    if routing_reconciled {
         router.reconcile(canary, &inputs).await?;
     }
 
@@ -326,6 +328,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         ctx,
         &decision,
         &*router,
+        (!routing_reconciled).then_some(&inputs),
         &target,
         primary.as_ref(),
         &tracked,
@@ -381,6 +384,8 @@ async fn act(
     ctx: &Context,
     decision: &Decision,
     router: &dyn Router,
+    // The routing inputs when routing was not reconciled earlier in this tick.
+    routing: Option<&router::ServiceInputs>,
     target: &Workload,
     primary: Option<&Workload>,
     tracked: &workload::TrackedConfigs,
@@ -397,6 +402,11 @@ async fn act(
                 ensure_autoscaler(canary, ctx).await?;
             }
             Action::ScaleTargetUp => {
+                // A release starts: bring the routing objects up to date with the new
+                // revision (ports) before its pods start.
+                if let Some(inputs) = routing {
+                    router.reconcile(canary, inputs).await?;
+                }
                 let hpa_min = user_hpa(canary, ctx)
                     .await?
                     .as_ref()
