@@ -374,7 +374,7 @@ async fn no_traffic_holds_inconclusive_then_proceeds_with_load() -> Result<()> {
     let bg_spec = LoadSpec::new(&url)
         .host(&host)
         .rate(20.0)
-        .duration(Duration::from_secs(90));
+        .duration(Duration::from_secs(150));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
     let done = wait_phase(&api, "web", "Succeeded", Duration::from_secs(90), &op).await?;
     assert_eq!(done["failedChecks"].as_u64().unwrap_or(0), 0, "{done}");
@@ -441,7 +441,8 @@ async fn alerts_post_release_outcomes_to_webhook_and_slack() -> Result<()> {
     let bg_spec = LoadSpec::new(&url)
         .host(&host)
         .rate(20.0)
-        .duration(Duration::from_secs(150));
+        // Outlasts every wait below (two releases); aborted when the test ends.
+        .duration(Duration::from_secs(300));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
 
     app = app.version("v2");
@@ -542,7 +543,7 @@ async fn latency_regression_rolls_back_on_request_duration() -> Result<()> {
     let bg_spec = LoadSpec::new(&url)
         .host(&host)
         .rate(20.0)
-        .duration(Duration::from_secs(120));
+        .duration(Duration::from_secs(240));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
 
     app = app.version("v2").env("LATENCY_MS", "500");

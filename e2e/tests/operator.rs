@@ -283,7 +283,7 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
     let bg_spec = LoadSpec::new(&url)
         .host(&host)
         .rate(20.0)
-        .duration(Duration::from_secs(200));
+        .duration(Duration::from_secs(320));
     let bg = tokio::spawn(async move { load::run(&bg_spec).await });
 
     app = app.version("v2");
