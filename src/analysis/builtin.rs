@@ -109,6 +109,10 @@ fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
 }
 
 /// The query template (with `{{ }}` variables) of a built-in for a provider.
+///
+/// Success rates add `or vector(0)` to the numerator: a canary answering only errors
+/// has no non-error series at all, and without it the ratio would be empty ("no data",
+/// an inconclusive hold) instead of 0 (a failure). Only no traffic at all stays empty.
 pub fn query_template(
     provider: Provider,
     gateway: GatewayMetrics,
@@ -120,7 +124,7 @@ pub fn query_template(
             let sel = r#"reporter="destination", destination_workload_namespace="{{ namespace }}", destination_workload=~"{{ target }}""#;
             match metric {
                 RequestSuccessRate => format!(
-                    r#"sum(rate(istio_requests_total{{{sel}, response_code!~"5.*"}}[{{{{ interval }}}}])) / sum(rate(istio_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
+                    r#"(sum(rate(istio_requests_total{{{sel}, response_code!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(istio_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
                 ),
                 RequestDuration => format!(
                     r#"histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le))"#
@@ -135,7 +139,7 @@ pub fn query_template(
                 r#"namespace="{{ namespace }}", deployment=~"{{ target }}", direction="inbound""#;
             match metric {
                 RequestSuccessRate => format!(
-                    r#"sum(rate(response_total{{{sel}, classification!="failure"}}[{{{{ interval }}}}])) / sum(rate(response_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
+                    r#"(sum(rate(response_total{{{sel}, classification!="failure"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(response_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
                 ),
                 RequestDuration => format!(
                     r#"histogram_quantile(0.99, sum(rate(response_latency_ms_bucket{{{sel}}}[{{{{ interval }}}}])) by (le))"#
@@ -149,7 +153,7 @@ pub fn query_template(
             let sel = r#"namespace="{{ namespace }}", ingress="{{ ingress }}""#;
             match metric {
                 RequestSuccessRate => format!(
-                    r#"sum(rate(nginx_ingress_controller_requests{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) / sum(rate(nginx_ingress_controller_requests{{{sel}}}[{{{{ interval }}}}])) * 100"#
+                    r#"(sum(rate(nginx_ingress_controller_requests{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(nginx_ingress_controller_requests{{{sel}}}[{{{{ interval }}}}])) * 100"#
                 ),
                 // Flagger's NGINX "duration" is the mean upstream latency, not a P99:
                 // the controller exports no per-ingress latency histogram by default.
@@ -167,7 +171,7 @@ pub fn query_template(
             );
             match metric {
                 RequestSuccessRate => format!(
-                    r#"sum(rate(traefik_service_requests_total{{{sel}, code!~"5.."}}[{{{{ interval }}}}])) / sum(rate(traefik_service_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
+                    r#"(sum(rate(traefik_service_requests_total{{{sel}, code!~"5.."}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(traefik_service_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
                 ),
                 RequestDuration => format!(
                     r#"histogram_quantile(0.99, sum(rate(traefik_service_request_duration_seconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le)) * 1000"#
@@ -181,7 +185,7 @@ pub fn query_template(
             let sel = r#"kubernetes_namespace="{{ namespace }}", kubernetes_pod_name=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)""#;
             match metric {
                 RequestSuccessRate => format!(
-                    r#"sum(rate(http_request_duration_seconds_count{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) / sum(rate(http_request_duration_seconds_count{{{sel}}}[{{{{ interval }}}}])) * 100"#
+                    r#"(sum(rate(http_request_duration_seconds_count{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(http_request_duration_seconds_count{{{sel}}}[{{{{ interval }}}}])) * 100"#
                 ),
                 RequestDuration => format!(
                     r#"histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le)) * 1000"#
@@ -257,7 +261,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             istio,
-            r#"sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo", response_code!~"5.*"}[1m])) / sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo"}[1m])) * 100"#
+            // Flagger's query, with the numerator kept at 0 when every answer failed.
+            r#"(sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo", response_code!~"5.*"}[1m])) or vector(0)) / sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo"}[1m])) * 100"#
         );
         let traefik = query(
             Provider::Traefik,
