@@ -247,12 +247,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     // The routers point the apex at the primary's pods: before the primary is ready
     // that would take traffic away from a Service the user already had.
     let initializing = matches!(status.phase, None | Some(Phase::Initializing));
-    let primary_serving = primary.as_ref().is_some_and(|p| {
-        matches!(
-            workload::readiness(p, settings.primary_ready_threshold),
-            workload::Readiness::Ready
-        )
-    });
+    let primary_readiness = primary
+        .as_ref()
+        .map(|p| to_readiness(workload::readiness(p, settings.primary_ready_threshold)));
+    let primary_serving = primary_readiness == Some(Readiness::Ready);
     let routing_reconciled = routing_stale && !deleting && (!initializing || primary_serving);
     if routing_reconciled {
         router.reconcile(canary, &inputs).await?;
@@ -280,9 +278,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             settings.canary_ready_threshold,
         )),
         target_scaled_up: !target.is_scaled_to_zero(),
-        primary: primary
-            .as_ref()
-            .map(|p| to_readiness(workload::readiness(p, settings.primary_ready_threshold))),
+        primary: primary_readiness,
         primary_revision,
         retry: canary.annotations().get(RETRY_ANNOTATION).cloned(),
         deleting,
