@@ -10,8 +10,8 @@
 #   e2e/cluster.sh deps     only install/build what is missing (packages, traefik, k8s)
 #
 # Environment: SERIN_E2E_STATE (default /tmp/serin-e2e), SERIN_E2E_CACHE
-# (default ~/.cache/serin-e2e), SERIN_E2E_CRDS (default ../shared/upstream-crds
-# next to the repo), CARGO_TARGET_DIR (where the simulator/sample app are built).
+# (default ~/.cache/serin-e2e), SERIN_E2E_CRDS (default e2e/crds/cluster, the
+# vendored upstream CRDs), CARGO_TARGET_DIR (where the simulator/sample app are built).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,11 +49,8 @@ die() {
 }
 
 find_crds() {
-  local c
-  for c in "${SERIN_E2E_CRDS:-}" "$REPO/../shared/upstream-crds" "$REPO/../../shared/upstream-crds" /work/shared/upstream-crds; do
-    [[ -n $c && -d $c ]] && { (cd "$c" && pwd); return 0; }
-  done
-  return 1
+  local c=${SERIN_E2E_CRDS:-$REPO/e2e/crds/cluster}
+  [[ -d $c ]] && (cd "$c" && pwd)
 }
 
 pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
@@ -517,7 +514,7 @@ cmd_up() {
   mkdir -p "$STATE"/{logs,pids,pods,prometheus,etcd}
   install_packages
   local crds
-  crds=$(find_crds) || die "upstream CRDs not found (looked for ../shared/upstream-crds next to $REPO; set SERIN_E2E_CRDS)"
+  crds=$(find_crds) || die "upstream CRDs not found in ${SERIN_E2E_CRDS:-$REPO/e2e/crds/cluster}"
 
   local k8s_bin
   # Another build (e.g. started by hand) holds the same source tree: wait for it.
