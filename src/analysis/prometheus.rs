@@ -1,17 +1,20 @@
-//! A Prometheus-compatible query client (Prometheus, Thanos, Mimir, VictoriaMetrics).
+//! A Prometheus-compatible query client (Prometheus, Thanos, Mimir, VictoriaMetrics)
+//! on top of prometheus-http-query.
 //!
-//! Serin calls the HTTP API (`GET <address>/api/v1/query`) with reqwest directly
-//! rather than through prometheus-http-query: per-template headers, basic/bearer
-//! auth, skip-verify and per-check timeouts then all live on one request we build,
-//! and Prometheus' own error body (`errorType`, `error`) reaches the check message
-//! unchanged, which is what tells a user their PromQL does not parse.
+//! One configured `reqwest::Client` carries TLS (skip-verify) and, for the series and
+//! label lookups that explain "no data", the template's headers and credentials;
+//! instant queries send those headers per request so the operator's shared client
+//! (and its connection pool) serves every check. Prometheus' own error
+//! (`errorType`, `error`) reaches the check message unchanged: that is what tells a
+//! user their PromQL does not parse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Deserialize;
+use prometheus_http_query::response::Data;
+use prometheus_http_query::{Client, Error as ApiError, Selector};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 /// Longest part of an unexpected response body quoted in an error.
 const BODY_SNIPPET: usize = 300;
@@ -82,39 +85,49 @@ impl PromAuth {
             _ => None,
         }
     }
+
+    fn header(&self) -> Result<HeaderValue, PromError> {
+        use base64::Engine;
+        let raw = match self {
+            PromAuth::Bearer(t) => format!("Bearer {t}"),
+            PromAuth::Basic { username, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            ),
+        };
+        let mut v = HeaderValue::from_str(&raw)
+            .map_err(|_| PromError::BadHeader("Authorization".into()))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
 }
 
-#[derive(Debug, Clone)]
+/// What Prometheus holds for one metric name: the evidence behind a "no data".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SeriesSummary {
+    /// Every series of the metric name (within the lookback).
+    pub series: Vec<BTreeMap<String, String>>,
+    /// The label names those series carry (`__name__` left out).
+    pub label_names: BTreeSet<String>,
+}
+
+#[derive(Clone)]
 pub struct PromClient {
-    http: reqwest::Client,
+    api: Client,
     address: String,
+    insecure_skip_verify: bool,
     headers: HeaderMap,
-    auth: Option<PromAuth>,
     timeout: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiResponse {
-    status: String,
-    #[serde(default)]
-    data: Option<ApiData>,
-    #[serde(default)]
-    error_type: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiData {
-    result_type: String,
-    result: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct VectorSample {
-    value: (serde_json::Value, String),
+impl fmt::Debug for PromClient {
+    // Headers may hold credentials: only the address is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PromClient")
+            .field("address", &self.address)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PromClient {
@@ -142,6 +155,9 @@ impl PromClient {
                 map.append(hn.clone(), hv);
             }
         }
+        if let Some(auth) = &auth {
+            map.insert(AUTHORIZATION, auth.header()?);
+        }
         let http = if insecure_skip_verify {
             reqwest::Client::builder()
                 .tls_danger_accept_invalid_certs(true)
@@ -150,11 +166,13 @@ impl PromClient {
         } else {
             http.clone()
         };
+        let api =
+            Client::from(http, &address).map_err(|_| PromError::BadAddress(address.clone()))?;
         Ok(PromClient {
-            http,
+            api,
             address,
+            insecure_skip_verify,
             headers: map,
-            auth,
             timeout,
         })
     }
@@ -166,97 +184,135 @@ impl PromClient {
     /// Runs an instant query. `Ok(None)` means no data: an empty result or NaN (what
     /// a ratio or `histogram_quantile` gives over zero requests).
     pub async fn query(&self, query: &str) -> Result<Option<f64>, PromError> {
-        let url = format!("{}/api/v1/query", self.address);
         let mut req = self
-            .http
-            .get(&url)
-            .query(&[("query", query)])
-            .headers(self.headers.clone())
-            .timeout(self.timeout);
-        req = match &self.auth {
-            Some(PromAuth::Bearer(t)) => req.bearer_auth(t),
-            Some(PromAuth::Basic { username, password }) => {
-                req.basic_auth(username, Some(password))
-            }
-            None => req,
-        };
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.transport_error(e))?;
-        // Prometheus answers a bad query with 400/422 and a JSON error body: prefer
-        // that body over the bare status, it says what is wrong with the query.
-        let parsed: Result<ApiResponse, _> = serde_json::from_str(&body);
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(e) if status.is_success() => {
-                return Err(PromError::Decode {
-                    address: self.address.clone(),
-                    why: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(PromError::Http {
-                    address: self.address.clone(),
-                    status: status.as_u16(),
-                    body: snippet(&body),
-                });
-            }
-        };
-        if parsed.status != "success" {
-            return Err(PromError::Query {
-                error_type: parsed.error_type.unwrap_or_else(|| "unknown".into()),
-                error: parsed.error.unwrap_or_else(|| snippet(&body)),
-            });
+            .api
+            .query(query)
+            // Prometheus stops evaluating when the check gives up waiting.
+            .timeout(i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX));
+        for (name, value) in &self.headers {
+            req = req.header(name.clone(), value.clone());
         }
-        if !status.is_success() {
-            return Err(PromError::Http {
-                address: self.address.clone(),
-                status: status.as_u16(),
-                body: snippet(&body),
-            });
-        }
-        let data = parsed.data.ok_or_else(|| PromError::Decode {
-            address: self.address.clone(),
-            why: "missing data".into(),
-        })?;
-        let decode = |why: String| PromError::Decode {
-            address: self.address.clone(),
-            why,
+        let answer = self.bounded(req.get()).await?;
+        let value = match answer.data() {
+            Data::Vector(v) => match v.first() {
+                Some(s) => s.sample().value(),
+                None => return Ok(None),
+            },
+            Data::Scalar(s) => s.value(),
+            Data::Matrix(_) => return Err(PromError::UnsupportedResult("matrix result".into())),
         };
-        let raw = match data.result_type.as_str() {
-            "vector" => {
-                let samples: Vec<VectorSample> =
-                    serde_json::from_value(data.result).map_err(|e| decode(e.to_string()))?;
-                match samples.into_iter().next() {
-                    Some(s) => s.value.1,
-                    None => return Ok(None),
-                }
-            }
-            "scalar" => {
-                let (_, v): (serde_json::Value, String) =
-                    serde_json::from_value(data.result).map_err(|e| decode(e.to_string()))?;
-                v
-            }
-            other => return Err(PromError::UnsupportedResult(format!("{other} result"))),
-        };
-        let value: f64 = raw
-            .parse()
-            .map_err(|_| decode(format!("sample value {raw:?} is not a number")))?;
         Ok(if value.is_nan() { None } else { Some(value) })
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> PromError {
-        if e.is_timeout() {
-            PromError::Timeout {
+    /// Every series of `metric` seen in the last `lookback`, and their label names.
+    pub async fn series_of(
+        &self,
+        metric: &str,
+        lookback: Duration,
+    ) -> Result<SeriesSummary, PromError> {
+        let api = self.with_default_headers()?;
+        let end = chrono::Utc::now().timestamp();
+        let start = end - i64::try_from(lookback.as_secs()).unwrap_or(0);
+        let selector = Selector::new().metric(metric);
+        let series = api
+            .series([&selector])
+            .map_err(|e| self.api_error(e))?
+            .start(start)
+            .end(end);
+        let names = api
+            .label_names()
+            .selectors([&selector])
+            .start(start)
+            .end(end);
+        let (series, names) = futures::join!(self.bounded(series.get()), self.bounded(names.get()));
+        let series = series?
+            .into_iter()
+            .map(|s: HashMap<String, String>| {
+                s.into_iter()
+                    .filter(|(k, _)| k != "__name__")
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .collect();
+        Ok(SeriesSummary {
+            series,
+            label_names: names?.into_iter().filter(|n| n != "__name__").collect(),
+        })
+    }
+
+    /// The crate's series and label lookups take no per-request headers, so a
+    /// template's headers and credentials go in as a client's defaults. Built only
+    /// when a "no data" is being explained, off the path of every check.
+    fn with_default_headers(&self) -> Result<Client, PromError> {
+        if self.headers.is_empty() {
+            return Ok(self.api.clone());
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(self.headers.clone())
+            .tls_danger_accept_invalid_certs(self.insecure_skip_verify)
+            .build()
+            .map_err(|e| PromError::Client(e.to_string()))?;
+        Client::from(http, &self.address).map_err(|_| PromError::BadAddress(self.address.clone()))
+    }
+
+    /// Runs `call` within the check's timeout and maps the crate's errors.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, PromError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map_err(|e| self.api_error(e)),
+            Err(_) => Err(PromError::Timeout {
                 address: self.address.clone(),
                 timeout: self.timeout,
-            }
-        } else {
-            PromError::Unreachable {
-                address: self.address.clone(),
-                why: error_chain(&e.without_url()),
-            }
+            }),
         }
+    }
+
+    fn api_error(&self, e: ApiError) -> PromError {
+        match e {
+            ApiError::Prometheus(p) => PromError::Query {
+                error_type: p.error_type().to_string(),
+                error: p.message().to_string(),
+            },
+            ApiError::Client(c) => match c.inner() {
+                Some(r) if r.is_timeout() => PromError::Timeout {
+                    address: self.address.clone(),
+                    timeout: self.timeout,
+                },
+                // A non-JSON answer: a proxy's or load balancer's error page.
+                Some(r) if r.status().is_some() => PromError::Http {
+                    address: self.address.clone(),
+                    status: r.status().map(|s| s.as_u16()).unwrap_or_default(),
+                    body: c.to_string(),
+                },
+                Some(r) if r.is_connect() || r.is_request() => PromError::Unreachable {
+                    address: self.address.clone(),
+                    why: causes(&c.to_string(), r),
+                },
+                Some(r) => PromError::Decode {
+                    address: self.address.clone(),
+                    why: causes(&c.to_string(), r),
+                },
+                None => PromError::Decode {
+                    address: self.address.clone(),
+                    why: c.to_string(),
+                },
+            },
+            other => PromError::Decode {
+                address: self.address.clone(),
+                why: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `what` and the causes of `e`, without `e`'s own text: reqwest's names the URL,
+/// and with it the whole query.
+fn causes(what: &str, e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(source) => format!("{what}: {}", error_chain(source)),
+        None => what.to_string(),
     }
 }
 
@@ -289,6 +345,7 @@ pub(crate) mod tests {
     use super::*;
     use axum::Router;
     use axum::extract::Query;
+    use axum::http::header::CONTENT_TYPE;
     use axum::http::{HeaderMap as AxHeaders, StatusCode};
     use axum::routing::get;
     use std::collections::HashMap;
@@ -377,27 +434,33 @@ pub(crate) mod tests {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
+                let json = |status: StatusCode, body: String| {
+                    (status, [(CONTENT_TYPE, "application/json")], body)
+                };
+                let text = |status: StatusCode, body: &str| {
+                    (status, [(CONTENT_TYPE, "text/plain")], body.to_string())
+                };
                 let ok = |v: &str| {
-                    (
+                    json(
                         StatusCode::OK,
                         format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1700000000.1,"{v}"]}}]}}}}"#),
                     )
                 };
                 match query.as_str() {
-                    "empty" => (
+                    "empty" => json(
                         StatusCode::OK,
                         r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.to_string(),
                     ),
                     "nan" => ok("NaN"),
-                    "scalar" => (
+                    "scalar" => json(
                         StatusCode::OK,
                         r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42.5"]}}"#.to_string(),
                     ),
-                    "matrix" => (
+                    "matrix" => json(
                         StatusCode::OK,
                         r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#.to_string(),
                     ),
-                    "boom" => (StatusCode::INTERNAL_SERVER_ERROR, "internal failure".to_string()),
+                    "boom" => text(StatusCode::INTERNAL_SERVER_ERROR, "internal failure"),
                     "slow" => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         ok("1")
@@ -408,15 +471,15 @@ pub(crate) mod tests {
                         } else if auth.starts_with("Basic ") {
                             ok("2")
                         } else {
-                            (StatusCode::UNAUTHORIZED, "unauthorized".to_string())
+                            text(StatusCode::UNAUTHORIZED, "unauthorized")
                         }
                     }
                     "tenant" => {
                         let t = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()).unwrap_or("");
-                        if t == "team-a" { ok("7") } else { (StatusCode::UNAUTHORIZED, "no tenant".to_string()) }
+                        if t == "team-a" { ok("7") } else { text(StatusCode::UNAUTHORIZED, "no tenant") }
                     }
                     q if q.starts_with("value:") => ok(&q["value:".len()..]),
-                    q => (
+                    q => json(
                         StatusCode::BAD_REQUEST,
                         serde_json::json!({
                             "status": "error",
@@ -456,7 +519,7 @@ pub(crate) mod tests {
             matches!(err, PromError::Http { status: 500, .. }),
             "{err:?}"
         );
-        assert!(err.to_string().contains("internal failure"));
+        assert!(err.to_string().contains("HTTP 500"), "{err}");
     }
 
     #[tokio::test]
