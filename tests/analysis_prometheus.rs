@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serin::analysis::builtin::{self, BuiltinMetric, GatewayMetrics, PROVIDERS};
+use serin::analysis::builtin::{self, BuiltinMetric, GatewayMetrics, MetricsLabels, PROVIDERS};
 use serin::analysis::prometheus::PromClient;
 use serin::analysis::template::TemplateModel;
 use serin::crd::Provider;
@@ -64,28 +64,33 @@ async fn every_builtin_query_parses_in_real_prometheus() {
     let mut checked = 0;
     for provider in providers {
         for gateway in [GatewayMetrics::Traefik, GatewayMetrics::Istio] {
-            for metric in BuiltinMetric::ALL {
-                let q = builtin::query(provider, gateway, metric, &model).expect("renders");
-                match prom.query(&q).await {
-                    // Empty (no such series here) or a value: the query parsed.
-                    Ok(v) => println!(
-                        "ok {:<20} {:<15} {:?} -> {v:?}",
-                        provider.as_str(),
-                        metric.as_str(),
-                        gateway
-                    ),
-                    Err(e) => panic!(
-                        "{} {} ({gateway:?}) does not run: {e}\n{q}",
-                        provider.as_str(),
-                        metric.as_str()
-                    ),
+            for labels in MetricsLabels::ALL {
+                for metric in BuiltinMetric::ALL {
+                    let q =
+                        builtin::query(provider, gateway, labels, metric, &model).expect("renders");
+                    match prom.query(&q).await {
+                        // Empty (no such series here) or a value: the query parsed.
+                        Ok(v) => println!(
+                            "ok {:<20} {:<15} {:?} {} -> {v:?}",
+                            provider.as_str(),
+                            metric.as_str(),
+                            gateway,
+                            labels.as_str()
+                        ),
+                        Err(e) => panic!(
+                            "{} {} ({gateway:?}, {}) does not run: {e}\n{q}",
+                            provider.as_str(),
+                            metric.as_str(),
+                            labels.as_str()
+                        ),
+                    }
+                    checked += 1;
                 }
-                checked += 1;
             }
         }
     }
     assert_eq!(
         checked,
-        (PROVIDERS.len() + 1) * 2 * BuiltinMetric::ALL.len()
+        (PROVIDERS.len() + 1) * 2 * MetricsLabels::ALL.len() * BuiltinMetric::ALL.len()
     );
 }

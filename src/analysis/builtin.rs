@@ -81,9 +81,55 @@ pub const PROVIDERS: [Provider; 7] = [
     Provider::Nginx,
 ];
 
+/// How the user's Prometheus names the labels it attaches to scraped series.
+///
+/// The same exporter's series carry different labels depending on who scrapes them:
+/// Flagger's bundled Prometheus (and Prometheus' classic `kubernetes-pods` example)
+/// adds `kubernetes_namespace` / `kubernetes_pod_name`; the Prometheus Operator
+/// (PodMonitor, ServiceMonitor, kube-prometheus-stack) adds `namespace` / `pod`
+/// (and `service` for a ServiceMonitor, which pushes an exporter's own clashing
+/// label to `exported_<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MetricsLabels {
+    /// Match either convention: each query is the `or` of one selector per
+    /// convention, so it finds the data whichever Prometheus scraped it.
+    #[default]
+    Any,
+    /// Flagger's bundled Prometheus: `kubernetes_namespace`, `kubernetes_pod_name`.
+    Flagger,
+    /// Prometheus Operator / kube-prometheus-stack: `namespace`, `pod`, and
+    /// `exported_service` / `exported_namespace` where a ServiceMonitor renamed the
+    /// exporter's label.
+    PrometheusOperator,
+}
+
+impl MetricsLabels {
+    pub const ALL: [MetricsLabels; 3] = [
+        MetricsLabels::Any,
+        MetricsLabels::Flagger,
+        MetricsLabels::PrometheusOperator,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsLabels::Any => "any",
+            MetricsLabels::Flagger => "flagger",
+            MetricsLabels::PrometheusOperator => "prometheus-operator",
+        }
+    }
+
+    fn flagger(self) -> bool {
+        matches!(self, MetricsLabels::Any | MetricsLabels::Flagger)
+    }
+
+    fn operator(self) -> bool {
+        matches!(self, MetricsLabels::Any | MetricsLabels::PrometheusOperator)
+    }
+}
+
 /// Which family of metrics a provider's built-ins read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
+pub enum Family {
     Istio,
     Linkerd,
     Nginx,
@@ -94,7 +140,7 @@ enum Family {
     App,
 }
 
-fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
+pub fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
     match provider {
         Provider::Kubernetes => Family::App,
         Provider::Linkerd => Family::Linkerd,
@@ -108,6 +154,122 @@ fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
     }
 }
 
+/// One family's metric names and the label selectors, one per convention in use.
+struct Shape {
+    requests: &'static str,
+    /// Extra matcher selecting the non-error requests.
+    ok: &'static str,
+    duration: Latency,
+    selectors: Vec<String>,
+}
+
+enum Latency {
+    /// A histogram's `_bucket` series and the factor to milliseconds.
+    Histogram(&'static str, &'static str),
+    /// Mean latency from a summary's `_sum` / `_count`, in seconds.
+    Mean(&'static str, &'static str),
+}
+
+fn shape(family: Family, labels: MetricsLabels) -> Shape {
+    match family {
+        // Istio's and Linkerd's labels come from the proxies (Istio) or from the
+        // relabelling their own docs prescribe for every Prometheus (Linkerd), so they
+        // do not depend on who scrapes them.
+        Family::Istio => Shape {
+            requests: "istio_requests_total",
+            ok: r#"response_code!~"5.*""#,
+            duration: Latency::Histogram("istio_request_duration_milliseconds_bucket", ""),
+            selectors: vec![
+                r#"reporter="destination", destination_workload_namespace="{{ namespace }}", destination_workload=~"{{ target }}""#.into(),
+            ],
+        },
+        Family::Linkerd => Shape {
+            requests: "response_total",
+            ok: r#"classification!="failure""#,
+            duration: Latency::Histogram("response_latency_ms_bucket", ""),
+            selectors: vec![
+                r#"namespace="{{ namespace }}", deployment=~"{{ target }}", direction="inbound""#
+                    .into(),
+            ],
+        },
+        Family::Nginx => {
+            let mut selectors = vec![r#"namespace="{{ namespace }}", ingress="{{ ingress }}""#.to_string()];
+            if labels.operator() {
+                selectors.push(
+                    r#"exported_namespace="{{ namespace }}", ingress="{{ ingress }}""#.into(),
+                );
+            }
+            Shape {
+                requests: "nginx_ingress_controller_requests",
+                ok: r#"status!~"5.*""#,
+                // Flagger's NGINX "duration" is the mean upstream latency, not a P99:
+                // the controller exports no per-ingress latency histogram by default.
+                duration: Latency::Mean(
+                    "nginx_ingress_controller_ingress_upstream_latency_seconds_sum",
+                    "nginx_ingress_controller_ingress_upstream_latency_seconds_count",
+                ),
+                selectors,
+            }
+        }
+        Family::Traefik(suffix) => {
+            let value =
+                format!(r#""{{{{ namespace }}}}-{{{{ service }}}}-canary-[0-9a-zA-Z-]+@{suffix}""#);
+            let mut selectors = vec![format!("service=~{value}")];
+            if labels.operator() {
+                selectors.push(format!("exported_service=~{value}"));
+            }
+            Shape {
+                requests: "traefik_service_requests_total",
+                ok: r#"code!~"5..""#,
+                duration: Latency::Histogram(
+                    "traefik_service_request_duration_seconds_bucket",
+                    " * 1000",
+                ),
+                selectors,
+            }
+        }
+        Family::App => {
+            let pods = r#"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)""#;
+            let mut selectors = Vec::new();
+            if labels.flagger() {
+                selectors.push(format!(
+                    r#"kubernetes_namespace="{{{{ namespace }}}}", kubernetes_pod_name=~"{pods}"#
+                ));
+            }
+            if labels.operator() {
+                selectors.push(format!(r#"namespace="{{{{ namespace }}}}", pod=~"{pods}"#));
+            }
+            Shape {
+                requests: "http_request_duration_seconds_count",
+                ok: r#"status!~"5.*""#,
+                duration: Latency::Histogram("http_request_duration_seconds_bucket", " * 1000"),
+                selectors,
+            }
+        }
+    }
+}
+
+/// `expr(selector)` for every selector, joined with `or`. Each side is aggregated to
+/// one series before the `or`, so a Prometheus that holds both label shapes (the
+/// same pods scraped twice) gives the first one's value, never a sum of both.
+fn any_of(selectors: &[String], expr: impl Fn(&str) -> String) -> String {
+    selectors
+        .iter()
+        .map(|s| expr(s))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Parenthesised when it is an `or` of several, so it can be an operand.
+fn operand(selectors: &[String], expr: impl Fn(&str) -> String) -> String {
+    let e = any_of(selectors, expr);
+    if selectors.len() > 1 {
+        format!("({e})")
+    } else {
+        e
+    }
+}
+
 /// The query template (with `{{ }}` variables) of a built-in for a provider.
 ///
 /// Success rates add `or vector(0)` to the numerator: a canary answering only errors
@@ -116,85 +278,46 @@ fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
 pub fn query_template(
     provider: Provider,
     gateway: GatewayMetrics,
+    labels: MetricsLabels,
     metric: BuiltinMetric,
 ) -> String {
-    use BuiltinMetric::*;
-    match family(provider, gateway) {
-        Family::Istio => {
-            let sel = r#"reporter="destination", destination_workload_namespace="{{ namespace }}", destination_workload=~"{{ target }}""#;
-            match metric {
-                RequestSuccessRate => format!(
-                    r#"(sum(rate(istio_requests_total{{{sel}, response_code!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(istio_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
-                ),
-                RequestDuration => format!(
-                    r#"histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le))"#
-                ),
-                RequestCount => {
-                    format!(r#"sum(increase(istio_requests_total{{{sel}}}[{{{{ interval }}}}]))"#)
-                }
-            }
+    let Shape {
+        requests,
+        ok,
+        duration,
+        selectors,
+    } = shape(family(provider, gateway), labels);
+    let sel = selectors.as_slice();
+    let rate = |metric: &'static str, extra: &'static str| {
+        move |s: &str| {
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(", {extra}")
+            };
+            format!("sum(rate({metric}{{{s}{extra}}}[{{{{ interval }}}}]))")
         }
-        Family::Linkerd => {
-            let sel =
-                r#"namespace="{{ namespace }}", deployment=~"{{ target }}", direction="inbound""#;
-            match metric {
-                RequestSuccessRate => format!(
-                    r#"(sum(rate(response_total{{{sel}, classification!="failure"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(response_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
-                ),
-                RequestDuration => format!(
-                    r#"histogram_quantile(0.99, sum(rate(response_latency_ms_bucket{{{sel}}}[{{{{ interval }}}}])) by (le))"#
-                ),
-                RequestCount => {
-                    format!(r#"sum(increase(response_total{{{sel}}}[{{{{ interval }}}}]))"#)
-                }
-            }
-        }
-        Family::Nginx => {
-            let sel = r#"namespace="{{ namespace }}", ingress="{{ ingress }}""#;
-            match metric {
-                RequestSuccessRate => format!(
-                    r#"(sum(rate(nginx_ingress_controller_requests{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(nginx_ingress_controller_requests{{{sel}}}[{{{{ interval }}}}])) * 100"#
-                ),
-                // Flagger's NGINX "duration" is the mean upstream latency, not a P99:
-                // the controller exports no per-ingress latency histogram by default.
-                RequestDuration => format!(
-                    r#"sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_sum{{{sel}}}[{{{{ interval }}}}])) / sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_count{{{sel}}}[{{{{ interval }}}}])) * 1000"#
-                ),
-                RequestCount => format!(
-                    r#"sum(increase(nginx_ingress_controller_requests{{{sel}}}[{{{{ interval }}}}]))"#
-                ),
-            }
-        }
-        Family::Traefik(suffix) => {
-            let sel = format!(
-                r#"service=~"{{{{ namespace }}}}-{{{{ service }}}}-canary-[0-9a-zA-Z-]+@{suffix}""#
-            );
-            match metric {
-                RequestSuccessRate => format!(
-                    r#"(sum(rate(traefik_service_requests_total{{{sel}, code!~"5.."}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(traefik_service_requests_total{{{sel}}}[{{{{ interval }}}}])) * 100"#
-                ),
-                RequestDuration => format!(
-                    r#"histogram_quantile(0.99, sum(rate(traefik_service_request_duration_seconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le)) * 1000"#
-                ),
-                RequestCount => format!(
-                    r#"sum(increase(traefik_service_requests_total{{{sel}}}[{{{{ interval }}}}]))"#
-                ),
-            }
-        }
-        Family::App => {
-            let sel = r#"kubernetes_namespace="{{ namespace }}", kubernetes_pod_name=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)""#;
-            match metric {
-                RequestSuccessRate => format!(
-                    r#"(sum(rate(http_request_duration_seconds_count{{{sel}, status!~"5.*"}}[{{{{ interval }}}}])) or vector(0)) / sum(rate(http_request_duration_seconds_count{{{sel}}}[{{{{ interval }}}}])) * 100"#
-                ),
-                RequestDuration => format!(
-                    r#"histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket{{{sel}}}[{{{{ interval }}}}])) by (le)) * 1000"#
-                ),
-                RequestCount => format!(
-                    r#"sum(increase(http_request_duration_seconds_count{{{sel}}}[{{{{ interval }}}}]))"#
-                ),
-            }
-        }
+    };
+    match metric {
+        BuiltinMetric::RequestSuccessRate => format!(
+            "({} or vector(0)) / {} * 100",
+            any_of(sel, rate(requests, ok)),
+            operand(sel, rate(requests, ""))
+        ),
+        BuiltinMetric::RequestDuration => match duration {
+            Latency::Histogram(buckets, scale) => format!(
+                "histogram_quantile(0.99, {}){scale}",
+                any_of(sel, |s| format!("{} by (le)", rate(buckets, "")(s)))
+            ),
+            Latency::Mean(sum, count) => format!(
+                "{} / {} * 1000",
+                operand(sel, rate(sum, "")),
+                operand(sel, rate(count, ""))
+            ),
+        },
+        BuiltinMetric::RequestCount => any_of(sel, |s| {
+            format!("sum(increase({requests}{{{s}}}[{{{{ interval }}}}]))")
+        }),
     }
 }
 
@@ -202,15 +325,17 @@ pub fn query_template(
 pub fn query(
     provider: Provider,
     gateway: GatewayMetrics,
+    labels: MetricsLabels,
     metric: BuiltinMetric,
     model: &TemplateModel,
 ) -> Result<String, TemplateError> {
-    render(&query_template(provider, gateway, metric), model)
+    render(&query_template(provider, gateway, labels, metric), model)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use MetricsLabels::{Any, Flagger, PrometheusOperator};
 
     fn model() -> TemplateModel {
         TemplateModel {
@@ -225,61 +350,133 @@ mod tests {
         }
     }
 
+    fn q(provider: Provider, labels: MetricsLabels, metric: BuiltinMetric) -> String {
+        query(provider, GatewayMetrics::Traefik, labels, metric, &model())
+            .unwrap_or_else(|e| panic!("{provider:?} {labels:?} {metric:?}: {e}"))
+    }
+
     #[test]
     fn every_builtin_renders_for_every_provider() {
         let mut providers = PROVIDERS.to_vec();
         providers.push(Provider::parse("smi:v1alpha3").unwrap());
         for provider in providers {
             for gateway in [GatewayMetrics::Traefik, GatewayMetrics::Istio] {
-                for metric in BuiltinMetric::ALL {
-                    let q = query(provider, gateway, metric, &model())
-                        .unwrap_or_else(|e| panic!("{provider:?} {metric:?}: {e}"));
-                    assert!(!q.contains("{{") && !q.contains("}}"), "{q}");
-                    assert!(q.contains("[1m]"), "{provider:?} {metric:?}: {q}");
-                    // Balanced brackets: a cheap guard against format-string slips.
-                    for (open, close) in [('(', ')'), ('{', '}'), ('[', ']')] {
-                        assert_eq!(
-                            q.matches(open).count(),
-                            q.matches(close).count(),
-                            "{provider:?} {metric:?}: {q}"
-                        );
+                for labels in MetricsLabels::ALL {
+                    for metric in BuiltinMetric::ALL {
+                        let q = query(provider, gateway, labels, metric, &model())
+                            .unwrap_or_else(|e| panic!("{provider:?} {metric:?}: {e}"));
+                        assert!(!q.contains("{{") && !q.contains("}}"), "{q}");
+                        assert!(q.contains("[1m]"), "{provider:?} {metric:?}: {q}");
+                        // Balanced brackets: a cheap guard against format-string slips.
+                        for (open, close) in [('(', ')'), ('{', '}'), ('[', ']')] {
+                            assert_eq!(
+                                q.matches(open).count(),
+                                q.matches(close).count(),
+                                "{provider:?} {metric:?}: {q}"
+                            );
+                        }
                     }
                 }
             }
         }
     }
 
+    // One pinned test per family and label convention: the exact PromQL users' data
+    // has to match.
+
+    const APP_FLAGGER: &str = r#"kubernetes_namespace="test", kubernetes_pod_name=~"podinfo-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)""#;
+    const APP_OPERATOR: &str = r#"namespace="test", pod=~"podinfo-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)""#;
+
     #[test]
-    fn queries_follow_flagger() {
-        let m = model();
-        let istio = query(
-            Provider::Istio,
-            GatewayMetrics::Traefik,
-            BuiltinMetric::RequestSuccessRate,
-            &m,
-        )
-        .unwrap();
+    fn app_family_queries_per_convention() {
+        use BuiltinMetric::*;
+        let k = Provider::Kubernetes;
+        let rate = |sel: &str, extra: &str| {
+            format!("sum(rate(http_request_duration_seconds_count{{{sel}{extra}}}[1m]))")
+        };
+        let ok = r#", status!~"5.*""#;
+        for (labels, sels) in [
+            (Flagger, vec![APP_FLAGGER]),
+            (PrometheusOperator, vec![APP_OPERATOR]),
+            (Any, vec![APP_FLAGGER, APP_OPERATOR]),
+        ] {
+            let num = sels
+                .iter()
+                .map(|s| rate(s, ok))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let den = sels
+                .iter()
+                .map(|s| rate(s, ""))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let den = if sels.len() > 1 {
+                format!("({den})")
+            } else {
+                den
+            };
+            assert_eq!(
+                q(k, labels, RequestSuccessRate),
+                format!("({num} or vector(0)) / {den} * 100"),
+                "{labels:?}"
+            );
+            let buckets = sels
+                .iter()
+                .map(|s| {
+                    format!("sum(rate(http_request_duration_seconds_bucket{{{s}}}[1m])) by (le)")
+                })
+                .collect::<Vec<_>>()
+                .join(" or ");
+            assert_eq!(
+                q(k, labels, RequestDuration),
+                format!("histogram_quantile(0.99, {buckets}) * 1000"),
+                "{labels:?}"
+            );
+            let count = sels
+                .iter()
+                .map(|s| format!("sum(increase(http_request_duration_seconds_count{{{s}}}[1m]))"))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            assert_eq!(q(k, labels, RequestCount), count, "{labels:?}");
+        }
+        // The issue's bug: the operator convention must not select Flagger's labels.
+        assert!(!q(k, PrometheusOperator, RequestDuration).contains("kubernetes_"));
+        assert!(!q(k, Flagger, RequestDuration).contains(r#" pod=~"#));
+    }
+
+    #[test]
+    fn traefik_family_queries_per_convention() {
+        use BuiltinMetric::*;
+        let svc = r#"service=~"test-podinfo-canary-[0-9a-zA-Z-]+@kubernetescrd""#;
+        let exported = r#"exported_service=~"test-podinfo-canary-[0-9a-zA-Z-]+@kubernetescrd""#;
         assert_eq!(
-            istio,
-            // Flagger's query, with the numerator kept at 0 when every answer failed.
-            r#"(sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo", response_code!~"5.*"}[1m])) or vector(0)) / sum(rate(istio_requests_total{reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo"}[1m])) * 100"#
+            q(Provider::Traefik, Flagger, RequestDuration),
+            format!(
+                "histogram_quantile(0.99, sum(rate(traefik_service_request_duration_seconds_bucket{{{svc}}}[1m])) by (le)) * 1000"
+            )
         );
-        let traefik = query(
-            Provider::Traefik,
-            GatewayMetrics::Traefik,
-            BuiltinMetric::RequestDuration,
-            &m,
-        )
-        .unwrap();
-        assert_eq!(
-            traefik,
-            r#"histogram_quantile(0.99, sum(rate(traefik_service_request_duration_seconds_bucket{service=~"test-podinfo-canary-[0-9a-zA-Z-]+@kubernetescrd"}[1m])) by (le)) * 1000"#
-        );
+        for labels in [PrometheusOperator, Any] {
+            assert_eq!(
+                q(Provider::Traefik, labels, RequestSuccessRate),
+                format!(
+                    r#"(sum(rate(traefik_service_requests_total{{{svc}, code!~"5.."}}[1m])) or sum(rate(traefik_service_requests_total{{{exported}, code!~"5.."}}[1m])) or vector(0)) / (sum(rate(traefik_service_requests_total{{{svc}}}[1m])) or sum(rate(traefik_service_requests_total{{{exported}}}[1m]))) * 100"#
+                ),
+                "{labels:?}"
+            );
+            assert_eq!(
+                q(Provider::Traefik, labels, RequestCount),
+                format!(
+                    "sum(increase(traefik_service_requests_total{{{svc}}}[1m])) or sum(increase(traefik_service_requests_total{{{exported}}}[1m]))"
+                )
+            );
+        }
+        // Gateway API on Traefik: the same metrics, the gateway provider's suffix.
         let gw = query(
             Provider::GatewayApiV1,
             GatewayMetrics::Traefik,
-            BuiltinMetric::RequestSuccessRate,
-            &m,
+            Flagger,
+            RequestSuccessRate,
+            &model(),
         )
         .unwrap();
         assert!(
@@ -288,47 +485,99 @@ mod tests {
             ),
             "{gw}"
         );
-        let gw_istio = query(
-            Provider::GatewayApiV1,
-            GatewayMetrics::Istio,
-            BuiltinMetric::RequestSuccessRate,
-            &m,
-        )
-        .unwrap();
-        assert_eq!(gw_istio, istio);
-        let k8s = query(
-            Provider::Kubernetes,
-            GatewayMetrics::Traefik,
-            BuiltinMetric::RequestDuration,
-            &m,
-        )
-        .unwrap();
-        assert!(
-            k8s.starts_with(
-                "histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket{"
-            ),
-            "{k8s}"
-        );
-        assert!(k8s.ends_with("* 1000"), "seconds are scaled to ms: {k8s}");
-        let linkerd = query(
-            Provider::Linkerd,
-            GatewayMetrics::Traefik,
-            BuiltinMetric::RequestSuccessRate,
-            &m,
-        )
-        .unwrap();
-        assert!(linkerd.contains(r#"classification!="failure""#));
-        let nginx = query(
-            Provider::Nginx,
-            GatewayMetrics::Traefik,
-            BuiltinMetric::RequestCount,
-            &m,
-        )
-        .unwrap();
+    }
+
+    #[test]
+    fn nginx_family_queries_per_convention() {
+        use BuiltinMetric::*;
+        let plain = r#"namespace="test", ingress="podinfo""#;
+        let exported = r#"exported_namespace="test", ingress="podinfo""#;
         assert_eq!(
-            nginx,
-            r#"sum(increase(nginx_ingress_controller_requests{namespace="test", ingress="podinfo"}[1m]))"#
+            q(Provider::Nginx, Flagger, RequestCount),
+            format!("sum(increase(nginx_ingress_controller_requests{{{plain}}}[1m]))")
         );
+        assert_eq!(
+            q(Provider::Nginx, Flagger, RequestDuration),
+            format!(
+                "sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_sum{{{plain}}}[1m])) / sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_count{{{plain}}}[1m])) * 1000"
+            )
+        );
+        for labels in [PrometheusOperator, Any] {
+            assert_eq!(
+                q(Provider::Nginx, labels, RequestSuccessRate),
+                format!(
+                    r#"(sum(rate(nginx_ingress_controller_requests{{{plain}, status!~"5.*"}}[1m])) or sum(rate(nginx_ingress_controller_requests{{{exported}, status!~"5.*"}}[1m])) or vector(0)) / (sum(rate(nginx_ingress_controller_requests{{{plain}}}[1m])) or sum(rate(nginx_ingress_controller_requests{{{exported}}}[1m]))) * 100"#
+                ),
+                "{labels:?}"
+            );
+            assert_eq!(
+                q(Provider::Nginx, labels, RequestDuration),
+                format!(
+                    "(sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_sum{{{plain}}}[1m])) or sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_sum{{{exported}}}[1m]))) / (sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_count{{{plain}}}[1m])) or sum(rate(nginx_ingress_controller_ingress_upstream_latency_seconds_count{{{exported}}}[1m]))) * 1000"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn istio_and_smi_queries_are_the_same_in_every_convention() {
+        use BuiltinMetric::*;
+        let sel = r#"reporter="destination", destination_workload_namespace="test", destination_workload=~"podinfo""#;
+        let smi = Provider::parse("smi:v1alpha3").unwrap();
+        for labels in MetricsLabels::ALL {
+            for provider in [Provider::Istio, smi] {
+                assert_eq!(
+                    q(provider, labels, RequestSuccessRate),
+                    // Flagger's query, with the numerator kept at 0 when every answer failed.
+                    format!(
+                        r#"(sum(rate(istio_requests_total{{{sel}, response_code!~"5.*"}}[1m])) or vector(0)) / sum(rate(istio_requests_total{{{sel}}}[1m])) * 100"#
+                    )
+                );
+                assert_eq!(
+                    q(provider, labels, RequestDuration),
+                    format!(
+                        "histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{{{sel}}}[1m])) by (le))"
+                    )
+                );
+                assert_eq!(
+                    q(provider, labels, RequestCount),
+                    format!("sum(increase(istio_requests_total{{{sel}}}[1m]))")
+                );
+            }
+            let gw_istio = query(
+                Provider::GatewayApiV1,
+                GatewayMetrics::Istio,
+                labels,
+                RequestSuccessRate,
+                &model(),
+            )
+            .unwrap();
+            assert_eq!(gw_istio, q(Provider::Istio, labels, RequestSuccessRate));
+        }
+    }
+
+    #[test]
+    fn linkerd_queries_are_the_same_in_every_convention() {
+        use BuiltinMetric::*;
+        let sel = r#"namespace="test", deployment=~"podinfo", direction="inbound""#;
+        for labels in MetricsLabels::ALL {
+            assert_eq!(
+                q(Provider::Linkerd, labels, RequestSuccessRate),
+                format!(
+                    r#"(sum(rate(response_total{{{sel}, classification!="failure"}}[1m])) or vector(0)) / sum(rate(response_total{{{sel}}}[1m])) * 100"#
+                )
+            );
+            assert_eq!(
+                q(Provider::Linkerd, labels, RequestDuration),
+                format!(
+                    "histogram_quantile(0.99, sum(rate(response_latency_ms_bucket{{{sel}}}[1m])) by (le))"
+                )
+            );
+            assert_eq!(
+                q(Provider::Linkerd, labels, RequestCount),
+                format!("sum(increase(response_total{{{sel}}}[1m]))")
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! panics. Only "no data" and "too few samples" are `Inconclusive` (the step holds).
 
 pub mod builtin;
+pub mod nodata;
 pub mod prometheus;
 pub mod template;
 pub mod webhook;
@@ -23,7 +24,7 @@ use crate::crd::{
 };
 use crate::router::BoxFuture;
 
-use builtin::{BuiltinMetric, GatewayMetrics};
+use builtin::{BuiltinMetric, GatewayMetrics, MetricsLabels};
 use prometheus::{PromAuth, PromClient, PromError};
 use template::{TemplateError, TemplateModel, render};
 use webhook::{CallOptions, WebhookError, WebhookPayload};
@@ -95,6 +96,8 @@ pub struct AnalysisCtx {
     pub event_webhook: Option<String>,
     /// Which metrics the built-ins read for `gatewayapi` Canaries.
     pub gateway_metrics: GatewayMetrics,
+    /// `--metrics-labels`: the label convention the built-ins select on.
+    pub metrics_labels: MetricsLabels,
     /// First pause between webhook retries (doubled each time, capped at 30 s).
     pub webhook_backoff: Duration,
 }
@@ -114,6 +117,7 @@ impl AnalysisCtx {
             templates,
             event_webhook: None,
             gateway_metrics: GatewayMetrics::default(),
+            metrics_labels: MetricsLabels::default(),
             webhook_backoff: Duration::from_secs(1),
         }
     }
@@ -364,7 +368,13 @@ async fn plan(
         let address = canary_metrics_server(ctx, canary).ok_or(AnalysisError::NoMetricsServer)?;
         let client = PromClient::new(&ctx.http, &address, None, None, false, timeout)?;
         let query = match (&metric.query, builtin) {
-            (_, Some(b)) => builtin::query(settings.provider, ctx.gateway_metrics, b, &model)?,
+            (_, Some(b)) => builtin::query(
+                settings.provider,
+                ctx.gateway_metrics,
+                ctx.metrics_labels,
+                b,
+                &model,
+            )?,
             (Some(q), None) => render(q, &model)?,
             (None, None) => {
                 return Err(AnalysisError::Invalid {
@@ -381,6 +391,7 @@ async fn plan(
             Some(_) => Some(builtin::query(
                 settings.provider,
                 ctx.gateway_metrics,
+                ctx.metrics_labels,
                 BuiltinMetric::RequestCount,
                 &model,
             )?),
@@ -395,6 +406,8 @@ async fn plan(
     })
 }
 
+type Measured = (Option<f64>, Option<(f64, f64)>, Plan);
+
 /// Queries the value (and the sample count, when asked for).
 async fn measure(
     ctx: &AnalysisCtx,
@@ -402,7 +415,7 @@ async fn measure(
     settings: &Settings,
     metric: &CanaryMetric,
     timeout: Duration,
-) -> Result<(Option<f64>, Option<(f64, f64)>), AnalysisError> {
+) -> Result<Measured, AnalysisError> {
     let plan = plan(ctx, canary, settings, metric, timeout).await?;
     // Both queries at once: the check's timeout then bounds one round trip, not two.
     let count = async {
@@ -418,7 +431,33 @@ async fn measure(
     };
     let (samples, value) = futures::join!(count, plan.client.query(&plan.query));
     let (samples, value) = (samples?, value?);
-    Ok((value, samples))
+    Ok((value, samples, plan))
+}
+
+/// The message of a check without samples: what was asked, what Prometheus has,
+/// and (for a built-in) where the label convention is set.
+async fn explain_no_data(
+    plan: &Plan,
+    namespace: &str,
+    builtin: bool,
+    timeout: Duration,
+    judged: &str,
+) -> String {
+    let found = match tokio::time::timeout(
+        timeout,
+        nodata::explain(&plan.client, &plan.query, namespace),
+    )
+    .await
+    {
+        Ok(text) => text,
+        Err(_) => format!("looking up the series timed out after {timeout:?}"),
+    };
+    let hint = if builtin {
+        " (built-in queries select on the labels of --metrics-labels)"
+    } else {
+        ""
+    };
+    format!("{judged}. {found}{hint}. Query: {}", plan.query)
 }
 
 /// Runs one metric check to a verdict, within its own timeout.
@@ -468,17 +507,28 @@ pub async fn check_metric(
     };
     let measured =
         tokio::time::timeout(timeout, measure(ctx, canary, settings, metric, timeout)).await;
-    let (value, samples) = match measured {
+    let (value, samples, plan) = match measured {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return fail(threshold, e),
         Err(_) => return fail(threshold, AnalysisError::Timeout(timeout)),
     };
-    let (verdict, message) = judge(
+    let (verdict, mut message) = judge(
         value,
         samples,
         bounds,
         metric.on_no_data.unwrap_or_default(),
     );
+    let too_few = samples.is_some_and(|(count, min)| count < min);
+    if value.is_none() && !too_few {
+        message = explain_no_data(
+            &plan,
+            &canary.namespace_or_default(),
+            builtin_of(metric).is_some(),
+            timeout,
+            &message,
+        )
+        .await;
+    }
     CheckStatus {
         name: metric.name.clone(),
         kind: CheckKind::Metric,

@@ -228,13 +228,69 @@ fn template(ns: &str, name: &str, query: &str, provider: MetricProvider) -> Metr
 struct Prom {
     rules: Vec<(String, String)>,
     seen: Mutex<Vec<(String, Option<String>)>>,
+    /// Metric name to the label sets of its series, for `/api/v1/series|labels`.
+    series: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+type Answer = (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+);
+
+fn json_answer(status: StatusCode, body: String) -> Answer {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+}
+
+/// The series of the metric named in `match[]` (`{__name__="m"}`), with an auth
+/// check like the query endpoint's.
+fn series_of(p: &Prom, q: &HashMap<String, String>) -> Vec<serde_json::Value> {
+    let selector = q.get("match[]").cloned().unwrap_or_default();
+    let name = selector.split('"').nth(1).unwrap_or_default().to_string();
+    p.series
+        .iter()
+        .find(|(m, _)| *m == name)
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default()
+}
+
+async fn series_handler(
+    State(p): State<Arc<Prom>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let data = serde_json::Value::Array(series_of(&p, &q));
+    json_answer(
+        StatusCode::OK,
+        serde_json::json!({"status": "success", "data": data}).to_string(),
+    )
+}
+
+async fn labels_handler(
+    State(p): State<Arc<Prom>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let mut names: Vec<String> = series_of(&p, &q)
+        .iter()
+        .filter_map(|s| s.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    json_answer(
+        StatusCode::OK,
+        serde_json::json!({"status": "success", "data": names}).to_string(),
+    )
 }
 
 async fn prom_handler(
     State(p): State<Arc<Prom>>,
     Query(q): Query<HashMap<String, String>>,
     headers: AxHeaders,
-) -> (StatusCode, String) {
+) -> Answer {
     let query = q.get("query").cloned().unwrap_or_default();
     let auth = headers
         .get("authorization")
@@ -256,14 +312,14 @@ async fn prom_handler(
     match rule.as_deref() {
         Some("slow") => {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            (StatusCode::OK, vector("1"))
+            json_answer(StatusCode::OK, vector("1"))
         }
-        Some("empty") => (
+        Some("empty") => json_answer(
             StatusCode::OK,
             r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.into(),
         ),
-        Some(v) if v.parse::<f64>().is_ok() => (StatusCode::OK, vector(v)),
-        _ => (
+        Some(v) if v.parse::<f64>().is_ok() => json_answer(StatusCode::OK, vector(v)),
+        _ => json_answer(
             StatusCode::BAD_REQUEST,
             r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected end of input"}"#.into(),
         ),
@@ -271,15 +327,25 @@ async fn prom_handler(
 }
 
 async fn fake_prom(rules: &[(&str, &str)]) -> (String, Arc<Prom>) {
+    fake_prom_with_series(rules, Vec::new()).await
+}
+
+async fn fake_prom_with_series(
+    rules: &[(&str, &str)],
+    series: Vec<(String, Vec<serde_json::Value>)>,
+) -> (String, Arc<Prom>) {
     let p = Arc::new(Prom {
         rules: rules
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect(),
         seen: Mutex::new(Vec::new()),
+        series,
     });
     let app = Router::new()
         .route("/api/v1/query", get(prom_handler))
+        .route("/api/v1/series", get(series_handler))
+        .route("/api/v1/labels", get(labels_handler))
         .with_state(p.clone());
     (serve(app).await, p)
 }
@@ -492,6 +558,90 @@ async fn no_data_holds_unless_told_otherwise() {
             .unwrap()
             .contains("sampleCountQuery")
     );
+}
+
+/// The issue's case: the app's series exist, under other label names than the
+/// built-in selects on. The message names the query, the series found and their labels.
+#[tokio::test]
+async fn no_data_names_the_series_and_labels_that_exist() {
+    let pod = |p: &str, ns: &str| {
+        serde_json::json!({"__name__": "http_request_duration_seconds_count",
+            "namespace": ns, "pod": p, "status": "200", "job": "pods"})
+    };
+    let (addr, _) = fake_prom_with_series(
+        &[("", "empty")],
+        vec![(
+            "http_request_duration_seconds_count".into(),
+            vec![
+                pod("podinfo-5d9c-abcde", "test"),
+                pod("podinfo-5d9c-fghij", "test"),
+                pod("other-1-2", "elsewhere"),
+            ],
+        )],
+    )
+    .await;
+    let mut c = canary(
+        "kubernetes",
+        vec![
+            CanaryMetric {
+                threshold_range: Some(ThresholdRange {
+                    min: Some(99.0),
+                    max: None,
+                }),
+                ..metric("request-success-rate")
+            },
+            CanaryMetric {
+                name: "custom".into(),
+                query: Some("sum(rate(not_exported_total[1m]))".into()),
+                threshold_range: Some(ThresholdRange {
+                    min: None,
+                    max: Some(1.0),
+                }),
+                ..Default::default()
+            },
+        ],
+        vec![],
+    );
+    if let Some(a) = c.spec.analysis.as_mut() {
+        a.step_weight = None;
+        a.iterations = Some(3);
+    }
+    let settings = Settings::from_spec(&c.spec, "kubernetes").unwrap();
+    let mut cx = ctx(
+        Some(&addr),
+        FakeSecrets::default(),
+        FakeTemplates::default(),
+    );
+    cx.metrics_labels = MetricsLabels::Flagger;
+    let checks = run_metric_checks(&cx, &c, &settings).await;
+    let rate = by_name(&checks, "request-success-rate");
+    assert_eq!(rate.verdict, Verdict::Inconclusive, "{rate:?}");
+    let m = rate.message.clone().unwrap_or_default();
+    for needle in [
+        "no data: the query returned no samples; holding until data arrives",
+        "http_request_duration_seconds_count has 2 series in namespace test, none with kubernetes_namespace, kubernetes_pod_name; its labels are: job, namespace, pod, status",
+        "--metrics-labels",
+        r#"Query: (sum(rate(http_request_duration_seconds_count{kubernetes_namespace="test""#,
+    ] {
+        assert!(m.contains(needle), "{needle:?} not in {m:?}");
+    }
+    let custom = by_name(&checks, "custom");
+    let m = custom.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("not_exported_total has no series at all") && !m.contains("--metrics-labels"),
+        "{m}"
+    );
+
+    // With the default convention the same series are found: no hold at all.
+    let (addr, _) = fake_prom(&[(r#"pod=~"podinfo-"#, "100"), ("", "empty")]).await;
+    let cx = ctx(
+        Some(&addr),
+        FakeSecrets::default(),
+        FakeTemplates::default(),
+    );
+    let checks = run_metric_checks(&cx, &c, &settings).await;
+    let rate = by_name(&checks, "request-success-rate");
+    assert_eq!(rate.verdict, Verdict::Pass, "{rate:?}");
 }
 
 #[tokio::test]

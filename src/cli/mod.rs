@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// Default Prometheus-compatible address for built-in metrics.
     #[arg(long, env = "SERIN_METRICS_SERVER")]
     pub metrics_server: Option<String>,
+    /// Label names the built-in queries select pods and namespaces by: `any` matches
+    /// both Flagger's (`kubernetes_namespace`, `kubernetes_pod_name`) and the
+    /// Prometheus Operator's (`namespace`, `pod`, `exported_*`).
+    #[arg(long, env = "SERIN_METRICS_LABELS", value_enum, default_value = "any")]
+    pub metrics_labels: crate::analysis::builtin::MetricsLabels,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SERIN_LISTEN", default_value = "0.0.0.0:9091")]
     pub listen: SocketAddr,

@@ -247,10 +247,19 @@ impl Machine<'_> {
 
     // ---- holds ----------------------------------------------------------------
 
-    /// Holds the release for `key` (e.g. "canary not ready"), recording since when.
+    /// Holds the release for `key` (e.g. "primary not ready"), recording since when.
     /// Returns true when the hold has lasted longer than the progress deadline.
     fn hold(&mut self, key: &str, detail: &str) -> bool {
-        let reason = format!("{key}: {detail}");
+        self.hold_with(key, detail, false)
+    }
+
+    /// A hold that fails the release at the progress deadline: its reason says how
+    /// long is left, so a user sees the clock before it runs out.
+    fn hold_until_deadline(&mut self, key: &str, detail: &str) -> bool {
+        self.hold_with(key, detail, true)
+    }
+
+    fn hold_with(&mut self, key: &str, detail: &str, deadline_bound: bool) -> bool {
         let same_kind = self
             .old
             .hold_reason
@@ -258,6 +267,24 @@ impl Machine<'_> {
             .is_some_and(|r| r.split(':').next() == Some(key));
         if !same_kind {
             self.status.hold_since = Some(self.now.to_rfc3339());
+        }
+        let since = self
+            .status
+            .hold_since
+            .as_deref()
+            .and_then(parse_time)
+            .unwrap_or(self.now);
+        let held = (self.now - since).to_std().unwrap_or_default();
+        let deadline = self.settings.progress_deadline;
+        let mut reason = format!("{key}: {detail}");
+        if deadline_bound {
+            reason.push_str(&format!(
+                "; {}s left before the progress deadline ({}s)",
+                deadline.saturating_sub(held).as_secs(),
+                deadline.as_secs()
+            ));
+        }
+        if !same_kind {
             self.event(
                 Severity::Info,
                 "Holding",
@@ -267,13 +294,7 @@ impl Machine<'_> {
         }
         self.status.hold_reason = Some(reason);
         self.requeue = self.requeue.min(POLL);
-        let since = self
-            .status
-            .hold_since
-            .as_deref()
-            .and_then(parse_time)
-            .unwrap_or(self.now);
-        (self.now - since).to_std().unwrap_or_default() > self.settings.progress_deadline
+        held > deadline
     }
 
     fn clear_hold(&mut self) {
@@ -511,7 +532,7 @@ impl Machine<'_> {
             }
             Readiness::NotReady(why) => {
                 let why = why.clone();
-                if self.hold("canary not ready", &why) {
+                if self.hold_until_deadline("canary not ready", &why) {
                     return self.rollback(&format!(
                         "Rolling back: canary not ready within {}s: {why}",
                         self.settings.progress_deadline.as_secs()
@@ -630,7 +651,7 @@ impl Machine<'_> {
         }
         if let Some(c) = results.iter().find(|c| c.verdict == Verdict::Inconclusive) {
             let detail = describe(c);
-            if self.hold("analysis inconclusive", &detail) {
+            if self.hold_until_deadline("analysis inconclusive", &detail) {
                 self.rollback(&format!(
                     "Rolling back: no conclusive analysis within {}s: {detail}",
                     self.settings.progress_deadline.as_secs()

@@ -42,7 +42,12 @@ pub enum RunError {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: `kubectl logs` and log files show escape codes as
+    // text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -239,6 +244,7 @@ async fn run_controller(
         Arc::new(StoreTemplates(templates.clone())),
     );
     analysis.event_webhook = args.event_webhook.clone();
+    analysis.metrics_labels = args.metrics_labels;
     let global = match &args.alert_url {
         Some(url) if !url.trim().is_empty() => Some(GlobalAlerts {
             provider_type: args.alert_provider.clone(),

@@ -503,6 +503,11 @@ fn inconclusive_past_the_deadline_rolls_back() {
         d.status.hold_since, st.hold_since,
         "the hold keeps its start"
     );
+    let reason = d.status.hold_reason.clone().unwrap_or_default();
+    assert!(
+        reason.ends_with("; 30s left before the progress deadline (60s)"),
+        "{reason}"
+    );
     let d = decided(&s, &st, &o, t0() + secs(61));
     assert_eq!(phase_of(&d), Some(Phase::Failed));
 }
