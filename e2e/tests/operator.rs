@@ -2,6 +2,8 @@
 //! (processes), real Traefik carrying the traffic and real Prometheus metrics. The
 //! operator runs as its own ServiceAccount with the RBAC from `kustomize/rbac`.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -214,6 +216,216 @@ async fn kubernetes_blue_green_promotes_good_and_rolls_back_crashing() -> Result
         ns.name
     );
     assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Starts steady load straight at the ready pods of `selector` once all `count` of
+/// them answer with `version` (the issue's setup: no data plane in front of a
+/// `kubernetes`-provider canary). The tasks outlast every wait of the test.
+async fn load_pods(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    version: &str,
+    count: usize,
+) -> Result<Vec<tokio::task::JoinHandle<Result<load::LoadReport>>>> {
+    wait_for(
+        &format!("{count} pods of {selector} on {version}"),
+        Duration::from_secs(60),
+        || async {
+            let v = pod_versions(client, ns, selector).await?;
+            Ok((v.len() == count && v.iter().all(|x| x == version)).then_some(()))
+        },
+    )
+    .await?;
+    let mut loads = Vec::new();
+    for pod in serin_e2e::list_pods(client, ns, selector).await? {
+        let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+            continue;
+        };
+        let spec = LoadSpec::new(format!("http://{ip}:8080/"))
+            .rate(15.0)
+            .duration(Duration::from_secs(200));
+        loads.push(tokio::spawn(async move { load::run(&spec).await }));
+    }
+    Ok(loads)
+}
+
+/// The apex Service's `app` selector.
+async fn apex_target(services: &Api<Service>, name: &str) -> Result<String> {
+    Ok(services
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.get("app").cloned())
+        .unwrap_or_default())
+}
+
+/// Issue #16's blue/green, as a new user writes it: the `kubernetes` provider, a
+/// named apex Service with port discovery, the built-in success rate and duration
+/// read from the app's own histogram (which this cluster's Prometheus labels
+/// `namespace`/`pod`, not Flagger's `kubernetes_*`), and a confirm-rollout gate on
+/// `serin tester`. A good version is promoted with the apex on the primary for the
+/// whole analysis; an erroring one is rolled back on the success rate, well before
+/// the progress deadline.
+#[tokio::test]
+async fn kubernetes_builtins_promote_blue_green_and_roll_back_errors() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("kubernetes_builtins") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-bgm").await?;
+    let tester = support::serve_tester().await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "podinfo", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": ns.name},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 60,
+                "service": {
+                    "name": "podinfo-svc", "port": 80, "targetPort": 8080,
+                    "portDiscovery": true
+                },
+                "analysis": {
+                    "interval": "10s", "threshold": 2, "iterations": 5,
+                    "metrics": [
+                        {"name": "request-success-rate", "interval": "30s",
+                         "thresholdRange": {"min": 99}},
+                        {"name": "request-duration", "interval": "30s",
+                         "thresholdRange": {"max": 500}}
+                    ],
+                    "webhooks": [{
+                        "name": "approve", "type": "confirm-rollout",
+                        "url": format!("http://{tester}/gate/approve")
+                    }]
+                }
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "podinfo",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    wait_target_at_zero(&client, &ns.name, "podinfo").await?;
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let loads = load_pods(&client, &ns.name, "app=podinfo", "v2", 2).await?;
+    let mut passed = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let done = loop {
+        let s = status(&api, "podinfo").await?;
+        let p = phase(&s).to_string();
+        seen.insert(p.clone());
+        if p == "Progressing" {
+            let target = apex_target(&services, "podinfo-svc").await?;
+            assert_eq!(
+                target, "podinfo-primary",
+                "the apex serves the primary during the analysis: {s}"
+            );
+        }
+        for c in s["lastAnalysis"].as_array().into_iter().flatten() {
+            if c["verdict"] == "Pass" && c["value"].is_number() {
+                passed.extend(c["name"].as_str().map(String::from));
+            }
+        }
+        if p == "Succeeded" {
+            break s;
+        }
+        if p == "Failed" || Instant::now() > deadline {
+            bail!("no promotion: {s}\n{}", op.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(seen.contains("Progressing"), "{seen:?}");
+    assert!(
+        passed.contains("request-success-rate") && passed.contains("request-duration"),
+        "both built-ins measured real values and passed: {passed:?}; {done}"
+    );
+    assert_eq!(done["failedChecks"].as_u64().unwrap_or(0), 0, "{done}");
+    // After the promotion the apex selects the primary, now on the new version.
+    wait_for("apex on v2", Duration::from_secs(30), || async {
+        let target = apex_target(&services, "podinfo-svc").await?;
+        let v = pod_versions(&client, &ns.name, &format!("app={target}")).await?;
+        Ok((v == ["v2", "v2"]).then_some(()))
+    })
+    .await?;
+    for l in loads {
+        l.abort();
+    }
+    wait_target_at_zero(&client, &ns.name, "podinfo").await?;
+
+    // The same Canary, a version answering half its requests with 500.
+    app = app.version("v3").env("ERROR_RATE", "0.5");
+    seen.clear();
+    release(&client, &app).await?;
+    let started = Instant::now();
+    let loads = load_pods(&client, &ns.name, "app=podinfo", "v3", 2).await?;
+    let failed = wait_phase(
+        &api,
+        "podinfo",
+        "Failed",
+        Duration::from_secs(120),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    let took = started.elapsed();
+    for l in loads {
+        l.abort();
+    }
+    assert!(
+        took < Duration::from_secs(60),
+        "rolled back after {took:?}: on the deadline, not on the metric"
+    );
+    let rate = failed["lastAnalysis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "request-success-rate")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(rate["verdict"], "Fail", "{failed}");
+    let value = rate["value"].as_f64().unwrap_or(100.0);
+    assert!(value < 90.0, "success rate of a 50% error version: {rate}");
+    let evs = events_for(&client, &ns.name, "podinfo").await?;
+    assert!(
+        evs.iter()
+            .any(|(_, _, m)| m.contains("failed checks threshold reached")),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|(_, _, m)| m.contains("no conclusive analysis")),
+        "{evs:?}"
+    );
+    assert_eq!(
+        pod_versions(&client, &ns.name, "app=podinfo-primary").await?,
+        ["v2", "v2"],
+        "primary untouched"
+    );
+    assert_eq!(
+        apex_target(&services, "podinfo-svc").await?,
+        "podinfo-primary"
+    );
     drop(op);
     ns.cleanup().await?;
     Ok(())

@@ -2,8 +2,9 @@
 //! split, real Traefik carries the requests, and the tests count which version
 //! answered each one.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -96,15 +97,6 @@ where
     }
 }
 
-async fn serve_tester() -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, serin::tester::router()).await;
-    });
-    Ok(addr)
-}
-
 /// The `traefik` provider: the split in the TraefikService is what real requests
 /// see at every step, and a rollback puts all traffic back on the primary within
 /// one analysis interval.
@@ -115,7 +107,7 @@ async fn traefik_service_split_follows_weights_and_rolls_back() -> Result<()> {
     };
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-tfk").await?;
-    let tester = serve_tester().await?;
+    let tester = support::serve_tester().await?;
     let op = Operator::start(&env, &ns.name, &["--provider", "traefik"]).await?;
     let host = format!("{}.e2e.local", ns.name);
     let mut app = SampleApp::new(&ns.name, "web", &env.sample_app_command()).replicas(2);
