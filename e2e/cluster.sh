@@ -409,6 +409,7 @@ EOF
 
 write_prometheus_config() {
   [[ -f $STATE/prometheus/pods.json ]] || echo '[]' >"$STATE/prometheus/pods.json"
+  mkdir -p "$STATE/prometheus/exporters"
   cat >"$STATE/prometheus/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
@@ -424,6 +425,14 @@ scrape_configs:
   - job_name: pods
     file_sd_configs:
       - files: ["$STATE/prometheus/pods.json"]
+        refresh_interval: 1s
+  # Exporters a test starts on loopback (one JSON file each), serving series in the
+  # label shapes of data planes this cluster does not run (Istio, Linkerd, NGINX).
+  # honor_labels keeps their namespace/pod labels as the real exporters set them.
+  - job_name: exporters
+    honor_labels: true
+    file_sd_configs:
+      - files: ["$STATE/prometheus/exporters/*.json"]
         refresh_interval: 1s
 EOF
 }
@@ -615,6 +624,12 @@ cmd_up() {
       --storage.tsdb.retention.time 2h --web.enable-lifecycle
     wait_until 30 "prometheus /-/ready" prometheus curl -fsS --max-time 1 "http://$PROM_ADDR/-/ready"
     log "prometheus up"
+  else
+    # A running Prometheus (perhaps started by an older cluster.sh) gets this
+    # script's scrape config; a reload is cheap and idempotent.
+    write_prometheus_config
+    curl -fsS --max-time 5 -X POST "http://$PROM_ADDR/-/reload" >/dev/null ||
+      die "reloading the Prometheus config failed (log: $STATE/logs/prometheus.log)"
   fi
 
   wait_until 30 "Gateway serin-gateway Programmed by traefik" traefik gateway_programmed
