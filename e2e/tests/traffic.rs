@@ -125,6 +125,14 @@ async fn traefik_service_split_follows_weights_and_rolls_back() -> Result<()> {
                 "service": {"port": 8080},
                 "analysis": {
                     "interval": "12s", "threshold": 1, "stepWeights": [20, 50],
+                    // Traefik's built-ins (`...@kubernetescrd` series) on the
+                    // traffic of each step.
+                    "metrics": [
+                        {"name": "request-success-rate", "interval": "30s",
+                         "thresholdRange": {"min": 99}},
+                        {"name": "request-duration", "interval": "30s",
+                         "thresholdRange": {"max": 500}}
+                    ],
                     "webhooks": [{
                         "name": "kill-switch", "type": "rollback",
                         "url": format!("http://{tester}/rollback/check")
@@ -170,6 +178,17 @@ async fn traefik_service_split_follows_weights_and_rolls_back() -> Result<()> {
     .await?;
     assert_eq!(phase(&done), "Succeeded", "{done}\n{}", op.log_tail(40));
     assert_eq!(checked, BTreeSet::from([20, 50]), "both steps measured");
+    for name in ["request-success-rate", "request-duration"] {
+        let check = done["lastAnalysis"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name);
+        assert!(
+            check.is_some_and(|c| c["verdict"] == "Pass" && c["value"].is_number()),
+            "{name} measured on Traefik's series and passed: {done}"
+        );
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
     assert_eq!(after.count("v2"), after.responses, "promoted: {after:?}");
@@ -339,6 +358,17 @@ async fn route_ref_splits_only_the_apex_rule() -> Result<()> {
     .await?;
     assert_eq!(phase(&done), "Succeeded", "{done}\n{}", op.log_tail(40));
     assert_eq!(checked, BTreeSet::from([20, 50]), "both steps measured");
+    for name in ["request-success-rate", "request-duration"] {
+        let check = done["lastAnalysis"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name);
+        assert!(
+            check.is_some_and(|c| c["verdict"] == "Pass" && c["value"].is_number()),
+            "{name} measured on Traefik's series and passed: {done}"
+        );
+    }
     untouched().await?;
     wait_for(
         "all traffic on the promoted primary",
