@@ -24,7 +24,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", serin::crd::crds_yaml()?);
             Ok(())
         }
-        Command::Validate { files, provider } => {
+        Command::Validate {
+            files,
+            provider,
+            prometheus,
+            namespace,
+            metrics_labels,
+        } => {
+            let mut without_value = 0;
             for file in files {
                 let path = file.display().to_string();
                 let text = if path == "-" {
@@ -45,6 +52,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 for name in serin::cli::validate_manifests(&path, &text, &provider)? {
                     println!("{path}: Canary {name}: ok");
                 }
+                if let Some(prom) = &prometheus {
+                    let lines = runtime()?.block_on(serin::cli::check_metrics(
+                        &path,
+                        &text,
+                        &provider,
+                        prom,
+                        namespace.as_deref(),
+                        metrics_labels,
+                    ))?;
+                    for l in lines {
+                        println!("{}", l.line);
+                        without_value += usize::from(!l.has_value);
+                    }
+                }
+            }
+            if without_value > 0 {
+                return Err(CliError::Run(format!(
+                    "{without_value} metric check(s) got no value from Prometheus"
+                )));
             }
             Ok(())
         }

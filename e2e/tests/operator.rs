@@ -426,6 +426,14 @@ async fn kubernetes_builtins_promote_blue_green_and_roll_back_errors() -> Result
         apex_target(&services, "podinfo-svc").await?,
         "podinfo-primary"
     );
+    // The log goes to a file, as `kubectl logs` sees it: plain text, no colour codes.
+    let log = std::fs::read_to_string(&op.log)?;
+    assert!(log.contains("INFO"), "the operator logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape sequences in the operator log: {}",
+        op.log_tail(5)
+    );
     drop(op);
     ns.cleanup().await?;
     Ok(())

@@ -6,6 +6,12 @@
 //! the interval), used as the default `sampleCountQuery` of built-in metrics, so that
 //! `minSampleCount` works without the user writing PromQL.
 //!
+//! The label names pods and namespaces are selected by depend on who scrapes the
+//! series (`MetricsLabels`, `--metrics-labels`): by default a query is the `or` of
+//! one selector per convention, so it finds the data under Flagger's bundled
+//! Prometheus and under the Prometheus Operator alike, with no discovery request and
+//! no cache to go stale.
+//!
 //! Differences from Flagger, on purpose:
 //! - every `request-duration` query returns milliseconds in PromQL itself (Flagger
 //!   scales some in Go code, and reads Traefik's seconds as milliseconds);

@@ -439,7 +439,7 @@ async fn measure(
 async fn explain_no_data(
     plan: &Plan,
     namespace: &str,
-    builtin: bool,
+    builtin_labels: Option<MetricsLabels>,
     timeout: Duration,
     judged: &str,
 ) -> String {
@@ -452,10 +452,12 @@ async fn explain_no_data(
         Ok(text) => text,
         Err(_) => format!("looking up the series timed out after {timeout:?}"),
     };
-    let hint = if builtin {
-        " (built-in queries select on the labels of --metrics-labels)"
-    } else {
-        ""
+    let hint = match builtin_labels {
+        Some(l) => format!(
+            "; see --metrics-labels (built-ins select on the {} label convention)",
+            l.as_str()
+        ),
+        None => String::new(),
     };
     format!("{judged}. {found}{hint}. Query: {}", plan.query)
 }
@@ -523,7 +525,7 @@ pub async fn check_metric(
         message = explain_no_data(
             &plan,
             &canary.namespace_or_default(),
-            builtin_of(metric).is_some(),
+            builtin_of(metric).map(|_| ctx.metrics_labels),
             timeout,
             &message,
         )

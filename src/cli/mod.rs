@@ -27,6 +27,16 @@ pub enum Command {
         files: Vec<PathBuf>,
         #[arg(long, default_value = "kubernetes")]
         provider: String,
+        /// Also run each Canary's built-in and inline metric queries once against
+        /// this Prometheus and report a value or why there is none (exit 1 when a
+        /// check has no value).
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// Namespace the queries select (default: the manifest's, else `default`).
+        #[arg(long, requires = "prometheus")]
+        namespace: Option<String>,
+        #[arg(long, value_enum, default_value = "any", requires = "prometheus")]
+        metrics_labels: crate::analysis::builtin::MetricsLabels,
     },
     /// Run the load tester and gate service next to your apps.
     Tester {
@@ -110,7 +120,102 @@ pub enum CliError {
 
 /// Parses every Canary document of `text` and validates it; returns the names checked.
 pub fn validate_manifests(path: &str, text: &str, provider: &str) -> Result<Vec<String>, CliError> {
-    let mut names = Vec::new();
+    Ok(parse_canaries(path, text, provider)?
+        .into_iter()
+        .map(|c| c.metadata.name.unwrap_or_default())
+        .collect())
+}
+
+struct NoSecrets;
+
+impl crate::analysis::SecretSource for NoSecrets {
+    fn get<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> crate::router::BoxFuture<
+        'a,
+        Result<Option<crate::analysis::SecretData>, crate::analysis::AnalysisError>,
+    > {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+struct NoTemplates;
+
+impl crate::analysis::TemplateSource for NoTemplates {
+    fn get(&self, _namespace: &str, _name: &str) -> Option<crate::crd::MetricTemplate> {
+        None
+    }
+}
+
+/// One line per metric check of `serin validate --prometheus`, and whether it got a
+/// value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckLine {
+    pub line: String,
+    pub has_value: bool,
+}
+
+/// Runs the built-in and inline metrics of every Canary of `text` once against
+/// `prometheus`, as the operator would at a step (MetricTemplates need the cluster
+/// and are skipped).
+pub async fn check_metrics(
+    path: &str,
+    text: &str,
+    provider: &str,
+    prometheus: &str,
+    namespace: Option<&str>,
+    labels: crate::analysis::builtin::MetricsLabels,
+) -> Result<Vec<CheckLine>, CliError> {
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| CliError::Run(format!("HTTP client: {e}")))?;
+    let mut ctx = crate::analysis::AnalysisCtx::new(
+        http,
+        Some(prometheus.to_string()),
+        std::sync::Arc::new(NoSecrets),
+        std::sync::Arc::new(NoTemplates),
+    );
+    ctx.metrics_labels = labels;
+    let mut out = Vec::new();
+    for mut canary in parse_canaries(path, text, provider)? {
+        let name = canary.metadata.name.clone().unwrap_or_default();
+        if let Some(ns) = namespace {
+            canary.metadata.namespace = Some(ns.to_string());
+        }
+        if let Some(metrics) = canary
+            .spec
+            .analysis
+            .as_mut()
+            .and_then(|a| a.metrics.as_mut())
+        {
+            metrics.retain(|m| m.template_ref.is_none());
+        }
+        let settings =
+            Settings::from_spec(&canary.spec, provider).map_err(|source| CliError::Invalid {
+                path: path.to_string(),
+                name: name.clone(),
+                source,
+            })?;
+        for check in crate::analysis::run_metric_checks(&ctx, &canary, &settings).await {
+            let value = check.value.map(|v| format!(" = {v}")).unwrap_or_default();
+            out.push(CheckLine {
+                line: format!(
+                    "{path}: Canary {name}: {}{value}: {:?}: {}",
+                    check.name,
+                    check.verdict,
+                    check.message.unwrap_or_default()
+                ),
+                has_value: check.value.is_some(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_canaries(path: &str, text: &str, provider: &str) -> Result<Vec<Canary>, CliError> {
+    let mut canaries = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value: serde_yaml::Value =
             serde::Deserialize::deserialize(doc).map_err(|source| CliError::Parse {
@@ -136,9 +241,9 @@ pub fn validate_manifests(path: &str, text: &str, provider: &str) -> Result<Vec<
             name: name.clone(),
             source,
         })?;
-        names.push(name);
+        canaries.push(canary);
     }
-    Ok(names)
+    Ok(canaries)
 }
 
 #[cfg(test)]
@@ -164,6 +269,92 @@ metadata: {name: other}
         assert_eq!(
             validate_manifests("f.yaml", GOOD, "kubernetes").unwrap(),
             ["podinfo"]
+        );
+    }
+
+    /// `serin validate --prometheus`: the built-ins run once and say whether they
+    /// found data, and why not.
+    #[tokio::test]
+    async fn validate_runs_builtins_against_prometheus() {
+        use axum::extract::Query;
+        use axum::routing::get;
+        use std::collections::HashMap;
+        let json = |body: serde_json::Value| {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+        };
+        let app =
+            axum::Router::new()
+                .route(
+                    "/api/v1/query",
+                    get(move |Query(q): Query<HashMap<String, String>>| async move {
+                        let query = q.get("query").cloned().unwrap_or_default();
+                        // Only the operator's label convention has data here.
+                        let result = if query.contains(r#"pod=~"podinfo-"#) {
+                            serde_json::json!([{"metric": {}, "value": [1, "100"]}])
+                        } else {
+                            serde_json::json!([])
+                        };
+                        json(serde_json::json!({"status": "success",
+                        "data": {"resultType": "vector", "result": result}}))
+                    }),
+                )
+                .route(
+                    "/api/v1/series",
+                    get(move || async move {
+                        json(serde_json::json!({"status": "success", "data": []}))
+                    }),
+                )
+                .route(
+                    "/api/v1/labels",
+                    get(move || async move {
+                        json(serde_json::json!({"status": "success", "data": []}))
+                    }),
+                );
+        let prom = crate::analysis::prometheus::tests::serve(app).await;
+        let _ = crate::analysis::prometheus::tests::client();
+        let manifest = GOOD.replace(
+            "analysis: {interval: 1m, threshold: 5, iterations: 10}",
+            "analysis: {interval: 1m, threshold: 5, iterations: 10, metrics: [{name: request-success-rate, thresholdRange: {min: 99}}]}",
+        );
+        use crate::analysis::builtin::MetricsLabels;
+        let lines = check_metrics(
+            "f.yaml",
+            &manifest,
+            "kubernetes",
+            &prom,
+            Some("test"),
+            MetricsLabels::Any,
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].has_value, "{lines:?}");
+        assert!(
+            lines[0]
+                .line
+                .starts_with("f.yaml: Canary podinfo: request-success-rate = 100: Pass"),
+            "{lines:?}"
+        );
+        let lines = check_metrics(
+            "f.yaml",
+            &manifest,
+            "kubernetes",
+            &prom,
+            Some("test"),
+            MetricsLabels::Flagger,
+        )
+        .await
+        .unwrap();
+        assert!(!lines[0].has_value, "{lines:?}");
+        assert!(
+            lines[0].line.contains("Inconclusive: no data")
+                && lines[0]
+                    .line
+                    .contains("http_request_duration_seconds_count has no series at all"),
+            "{lines:?}"
         );
     }
 
