@@ -276,14 +276,17 @@ impl Machine<'_> {
             .unwrap_or(self.now);
         let held = (self.now - since).to_std().unwrap_or_default();
         let deadline = self.settings.progress_deadline;
-        let mut reason = format!("{key}: {detail}");
-        if deadline_bound {
-            reason.push_str(&format!(
-                "; {}s left before the progress deadline ({}s)",
+        // The clock goes first: a long detail (a no-data check quotes its query) is
+        // what an Event's length limit cuts.
+        let reason = if deadline_bound {
+            format!(
+                "{key}: {}s left before the progress deadline ({}s); {detail}",
                 deadline.saturating_sub(held).as_secs(),
                 deadline.as_secs()
-            ));
-        }
+            )
+        } else {
+            format!("{key}: {detail}")
+        };
         if !same_kind {
             self.event(
                 Severity::Info,

@@ -505,7 +505,7 @@ fn inconclusive_past_the_deadline_rolls_back() {
     );
     let reason = d.status.hold_reason.clone().unwrap_or_default();
     assert!(
-        reason.ends_with("; 30s left before the progress deadline (60s)"),
+        reason.starts_with("analysis inconclusive: 30s left before the progress deadline (60s); "),
         "{reason}"
     );
     let d = decided(&s, &st, &o, t0() + secs(61));
