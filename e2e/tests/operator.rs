@@ -439,6 +439,111 @@ async fn kubernetes_builtins_promote_blue_green_and_roll_back_errors() -> Result
     Ok(())
 }
 
+/// The failure, on purpose: the operator pinned to Flagger's label names
+/// while this cluster's Prometheus labels pods `namespace`/`pod`. The check holds,
+/// and the hold (status and Event) says which series exist and which labels they
+/// have instead, with the time left before the deadline.
+#[tokio::test]
+async fn no_data_under_other_labels_names_what_exists() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("no_data_labels") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-nodata").await?;
+    let op = Operator::start(
+        &env,
+        &ns.name,
+        &["--provider", "kubernetes", "--metrics-labels", "flagger"],
+    )
+    .await?;
+    let mut app = SampleApp::new(&ns.name, "podinfo", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": ns.name},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 120,
+                "service": {"port": 80, "targetPort": 8080},
+                "analysis": {
+                    "interval": "5s", "threshold": 2, "iterations": 3,
+                    "metrics": [{"name": "request-success-rate", "interval": "30s",
+                                 "thresholdRange": {"min": 99}}]
+                }
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let mut seen = BTreeSet::new();
+    wait_phase(
+        &api,
+        "podinfo",
+        "Initialized",
+        Duration::from_secs(60),
+        &op,
+        &mut seen,
+    )
+    .await?;
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let loads = load_pods(&client, &ns.name, "app=podinfo", "v2", 2).await?;
+    let wanted = format!(
+        // Primary and canary pods: how many series depends on timing, not the labels.
+        " series in namespace {}, none with kubernetes_namespace, kubernetes_pod_name; its labels are: ",
+        ns.name
+    );
+    let held = wait_for("a hold naming the labels", Duration::from_secs(60), || {
+        let (api, wanted) = (api.clone(), wanted.clone());
+        async move {
+            let s = status(&api, "podinfo").await?;
+            let reason = s["holdReason"].as_str().unwrap_or("").to_string();
+            Ok(reason.contains(&wanted).then_some(reason))
+        }
+    })
+    .await;
+    for l in loads {
+        l.abort();
+    }
+    let held = held.map_err(|e| anyhow::anyhow!("{e}\n{}", op.log_tail(20)))?;
+    for needle in [
+        "analysis inconclusive: ",
+        "http_request_duration_seconds_count has ",
+        "s left before the progress deadline (120s); request-success-rate",
+        "namespace, pod",
+        "see --metrics-labels (built-ins select on the flagger label convention)",
+        "Query: (sum(rate(http_request_duration_seconds_count{kubernetes_namespace=",
+    ] {
+        assert!(held.contains(needle), "{needle:?} not in {held:?}");
+    }
+    // Events are published after the status write that holds.
+    let event = wait_for(
+        "an Inconclusive Event naming the labels",
+        Duration::from_secs(15),
+        || {
+            let (client, ns, wanted) = (client.clone(), ns.name.clone(), wanted.clone());
+            async move {
+                let evs = events_for(&client, &ns, "podinfo").await?;
+                Ok(evs
+                    .into_iter()
+                    .find(|(_, r, m)| r == "Inconclusive" && m.contains(&wanted)))
+            }
+        },
+    )
+    .await;
+    assert!(
+        event.is_ok(),
+        "{:?}",
+        events_for(&client, &ns.name, "podinfo").await?
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
 /// Share of `report`'s answers that came from `version`, in percent.
 fn share(report: &load::LoadReport, version: &str) -> f64 {
     100.0 * report.version_share(version)

@@ -288,9 +288,18 @@ impl Machine<'_> {
             format!("{key}: {detail}")
         };
         if !same_kind {
+            // kube's event recorder folds Events of one reason into a series that
+            // keeps its first note: a hold that explains itself (no data, a canary
+            // not ready) needs a reason of its own, or an earlier "primary not
+            // ready" is all `kubectl get events` shows.
+            let event_reason = match key {
+                "analysis inconclusive" => "Inconclusive",
+                "canary not ready" => "CanaryNotReady",
+                _ => "Holding",
+            };
             self.event(
                 Severity::Info,
-                "Holding",
+                event_reason,
                 format!("Holding: {reason}"),
                 false,
             );
