@@ -24,7 +24,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", serin::crd::crds_yaml()?);
             Ok(())
         }
-        Command::Validate { files, provider } => {
+        Command::Validate {
+            files,
+            provider,
+            gateway_controller,
+            gateway_features,
+        } => {
+            let data_plane = gateway_controller.map(|controller| serin::cli::DataPlane {
+                controller,
+                features: gateway_features,
+            });
             for file in files {
                 let path = file.display().to_string();
                 let text = if path == "-" {
@@ -42,7 +51,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         source,
                     })?
                 };
-                for name in serin::cli::validate_manifests(&path, &text, &provider)? {
+                for name in serin::cli::validate_for(&path, &text, &provider, data_plane.as_ref())?
+                {
                     println!("{path}: Canary {name}: ok");
                 }
             }

@@ -89,6 +89,9 @@ pub struct LoadReport {
     pub latency_p99_ms: f64,
     /// First few transport errors, for diagnostics.
     pub sample_errors: Vec<String>,
+    /// When (seconds after the start) requests got no answer or a 404/502/503, and
+    /// what they got: where a release took the app dark, if it did (first 200).
+    pub dark_at: Vec<(f64, String)>,
 }
 
 impl LoadReport {
@@ -101,6 +104,16 @@ impl LoadReport {
     }
     pub fn count(&self, version: &str) -> u64 {
         *self.by_version.get(version).unwrap_or(&0)
+    }
+    /// Requests the app did not answer: 404/502/503 from the gateway (no route, no
+    /// reachable backend) or no response at all. A release must keep this at zero outside a
+    /// bounded switch window.
+    pub fn dark(&self) -> u64 {
+        self.errors
+            + [404u16, 502, 503]
+                .iter()
+                .map(|s| self.by_status.get(s).copied().unwrap_or(0))
+                .sum::<u64>()
     }
     /// Share (0..1) of responses with status >= 500.
     pub fn server_error_share(&self) -> f64 {
@@ -226,13 +239,26 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
                         .unwrap_or_else(|| "unknown".to_string());
                     Ok((status, version))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    // reqwest's Display hides the cause (reset, refused, timeout).
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(c) = src {
+                        msg.push_str(&format!(": {c}"));
+                        src = c.source();
+                    }
+                    Err(msg)
+                }
             };
+            let at = t0.duration_since(start).as_secs_f64();
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             drop(permit);
             let mut r = report.lock().await;
             match outcome {
                 Ok((status, version)) => {
+                    if matches!(status, 404 | 502 | 503) && r.dark_at.len() < 200 {
+                        r.dark_at.push((at, status.to_string()));
+                    }
                     r.responses += 1;
                     *r.by_status.entry(status).or_default() += 1;
                     *r.by_version.entry(version.clone()).or_default() += 1;
@@ -244,6 +270,9 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
                     latencies.lock().await.push(ms);
                 }
                 Err(e) => {
+                    if r.dark_at.len() < 200 {
+                        r.dark_at.push((at, e.clone()));
+                    }
                     r.errors += 1;
                     if r.sample_errors.len() < 5 {
                         r.sample_errors.push(e);

@@ -210,7 +210,9 @@ async fn run_controller(
 ) -> Result<(), RunError> {
     let ns = args.namespace.as_deref();
     let cfg = watcher::Config::default();
-    let routing = crate::router::discover(&client).await;
+    let mut routing = crate::router::discover(&client).await;
+    routing.gateway_features = crate::router::capabilities::parse_overrides(&args.gateway_features)
+        .map_err(|e| RunError::Startup(format!("--gateway-features: {e}")))?;
     let hpa = workload::discover_hpa_version(&client)
         .await
         .map_err(|e| RunError::Startup(format!("autoscaling API discovery: {e}")))?;

@@ -34,6 +34,7 @@ use crate::crd::{
 };
 
 pub mod apply;
+pub mod capabilities;
 pub mod gatewayapi;
 pub mod istio;
 pub mod kubernetes;
@@ -135,6 +136,17 @@ pub enum RouterError {
     },
     #[error("invalid route: {0}")]
     InvalidRoute(String),
+    /// The route would need a feature the data plane lacks: it is not written, so
+    /// the data plane keeps serving the last route it accepted.
+    #[error(
+        "{feature} ({what}, from {origin}) is not supported by {implementation}: the route was not written"
+    )]
+    Unsupported {
+        feature: &'static str,
+        what: &'static str,
+        origin: String,
+        implementation: String,
+    },
     #[error("invalid weights primary={primary} canary={canary}: each 0..=100, summing to 100")]
     InvalidWeights { primary: u32, canary: u32 },
     #[error("{context}: {source}")]
@@ -158,6 +170,7 @@ impl RouterError {
             RouterError::MissingCrd { .. } => "RouterCrdMissing",
             RouterError::NotFound { .. } => "RouteReferenceNotFound",
             RouterError::InvalidRoute(_) => "InvalidRoute",
+            RouterError::Unsupported { .. } => "UnsupportedFeature",
             RouterError::InvalidWeights { .. } => "InvalidWeights",
             RouterError::Kube { .. } | RouterError::Serde { .. } => "RouterError",
         }
@@ -210,6 +223,9 @@ pub struct RoutingApis {
     /// Whether the installed HTTPRoute schema has `rules[].timeouts` (standard channel
     /// >= 1.2, experimental before); without it `service.timeout` is not written.
     pub gateway_timeouts: bool,
+    /// `--gateway-features`: per GatewayClass controllerName, the complete feature
+    /// list, over the built-in table (see [`capabilities`]).
+    pub gateway_features: BTreeMap<String, std::collections::BTreeSet<capabilities::Feature>>,
 }
 
 impl RoutingApis {
@@ -225,6 +241,7 @@ impl RoutingApis {
             istio_version: Some("v1beta1".into()),
             gateway_mirror_percent: true,
             gateway_timeouts: true,
+            gateway_features: BTreeMap::new(),
         }
     }
 }

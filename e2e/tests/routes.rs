@@ -1,0 +1,333 @@
+//! Issue #17 on the local Traefik 3.0.4: Serin knows what the data plane serves,
+//! refuses what it cannot, encodes session affinity with what it has, and the app is
+//! never taken dark. Every test sends steady load through the gateway for its whole
+//! length and asserts that not one request went unanswered.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, weight};
+use serin_e2e::load::{self, LoadReport, LoadSpec};
+use serin_e2e::operator::Operator;
+use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
+
+const COOKIE: &str = "flagger-cookie";
+
+fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+async fn wait_phase(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+    op: &Operator,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(api, name).await?;
+        if phase(&s) == want {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "canary {name}: no {want} within {timeout:?}: {s}\n{}",
+                op.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Steady load through the gateway for `secs`, in the background.
+fn steady_load(url: &str, host: &str, secs: u64) -> tokio::task::JoinHandle<Result<LoadReport>> {
+    let spec = LoadSpec::new(url)
+        .host(host)
+        .rate(40.0)
+        .duration(Duration::from_secs(secs));
+    tokio::spawn(async move { load::run(&spec).await })
+}
+
+fn assert_never_dark(what: &str, r: &LoadReport) {
+    assert!(
+        r.responses > 0,
+        "{what}: no load reached the gateway: {r:?}"
+    );
+    assert_eq!(
+        r.dark(),
+        0,
+        "{what}: requests got 404/502/503 or no answer: {:?}, at (s): {:?}",
+        r.by_status,
+        r.dark_at
+    );
+}
+
+/// One answer through the gateway: (version, pod, the Set-Cookie value for `COOKIE`).
+async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    host: &str,
+    cookie: Option<&str>,
+) -> Result<(String, String, Option<String>)> {
+    let mut req = http.get(url).header("Host", host);
+    if let Some(c) = cookie {
+        req = req.header("Cookie", c);
+    }
+    let resp = req.send().await?;
+    let set = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{COOKIE}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_string());
+    let status = resp.status();
+    let body: Value = resp.json().await.context("sample app answer")?;
+    if !status.is_success() {
+        bail!("{status}: {body}");
+    }
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok((field("version"), field("pod"), set))
+}
+
+/// Canary `web` on the Gateway with `analysis`; waits for Initialized and traffic.
+async fn setup(
+    env: &ClusterEnv,
+    client: &Client,
+    ns: &str,
+    host: &str,
+    analysis: Value,
+    op: &Operator,
+) -> Result<SampleApp> {
+    let app = SampleApp::new(ns, "web", &env.sample_app_command()).replicas(2);
+    app.deploy(client).await?;
+    apply_json(
+        client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {
+                "provider": "gatewayapi:v1",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "progressDeadlineSeconds": 60,
+                "service": {
+                    "port": 8080, "hosts": [host],
+                    "gatewayRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}]
+                },
+                "analysis": analysis
+            }
+        }),
+    )
+    .await?;
+    wait_phase(
+        &canaries(client, ns),
+        "web",
+        "Initialized",
+        Duration::from_secs(60),
+        op,
+    )
+    .await?;
+    serin_e2e::wait_route_serves(
+        &format!("{}/", env.gateway),
+        host,
+        &["v1"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(app)
+}
+
+/// The issue's scenario: session affinity with stepWeight 10 up to 50 through Traefik
+/// 3.0.4. Serin encodes it as a sticky TraefikService (Traefik has no regex header
+/// match); the release promotes, the steady load never sees a 404, a client that
+/// reached the canary stays on it, and after promotion it lands on the new primary.
+#[tokio::test]
+async fn session_affinity_on_traefik_promotes_and_never_goes_dark() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("routes_affinity") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-aff").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let url = format!("{}/", env.gateway);
+    let analysis = json!({
+        "interval": "8s", "threshold": 2, "stepWeight": 10, "maxWeight": 50,
+        "sessionAffinity": {"cookieName": COOKIE, "maxAge": 600}
+    });
+    let app = setup(&env, &client, &ns.name, &host, analysis, &op).await?;
+    let api = canaries(&client, &ns.name);
+
+    let load = steady_load(&url, &host, 90);
+    release(&client, &app.clone().version("v2")).await?;
+    wait_for("weight 20", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let s = status(&api, "web").await?;
+            Ok((phase(&s) == "Progressing" && weight(&s) >= 20).then_some(()))
+        }
+    })
+    .await?;
+    // Traefik applies a change within ~2-3 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    // A new client reaches the canary at its weight; Traefik gives it the cookie.
+    let mut cookie = None;
+    for _ in 0..200 {
+        if let (v, _, Some(c)) = ask(&http, &url, &host, None).await?
+            && v == "v2"
+        {
+            cookie = Some(c);
+            break;
+        }
+    }
+    let cookie = cookie.context("no new client reached the canary in 200 tries")?;
+    let mut on_canary = 0;
+    for _ in 0..200 {
+        if ask(&http, &url, &host, Some(&cookie)).await?.0 == "v2" {
+            on_canary += 1;
+        }
+    }
+    assert!(
+        on_canary >= 198,
+        "a client with the canary's cookie stayed on it for {on_canary}/200 requests"
+    );
+    // Clients without a cookie still split by weight (not all stuck on one side).
+    let fresh = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
+    assert!(
+        fresh.count("v1") > 0 && fresh.count("v2") > 0,
+        "new clients split: {fresh:?}"
+    );
+
+    let done = wait_phase(&api, "web", "Succeeded", Duration::from_secs(120), &op).await?;
+    assert_eq!(weight(&done), 0, "{done}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The canary left the split: the old cookie no longer names a backend, so the
+    // client lands on the new primary and gets the primary's cookie instead.
+    for _ in 0..20 {
+        let (v, pod, set) = ask(&http, &url, &host, Some(&cookie)).await?;
+        assert_eq!(v, "v2", "the new primary runs v2");
+        assert!(pod.starts_with("web-primary-"), "answered by {pod}");
+        if let Some(set) = set {
+            assert_ne!(set, cookie, "the canary's cookie is replaced");
+        }
+    }
+    let report = load.await??;
+    assert_never_dark("steady load during the affinity release", &report);
+    assert!(
+        report.count("v2") > 0,
+        "the canary took traffic: {report:?}"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Asking Traefik 3.0 for a regex header match (A/B on a header regex) is refused
+/// before anything is written: Ready=False and an Event name the feature and the
+/// implementation, the route is left exactly as it was, and the app keeps serving.
+#[tokio::test]
+async fn unsupported_feature_is_refused_and_the_app_keeps_serving() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("routes_refuse") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-refuse").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let url = format!("{}/", env.gateway);
+    let analysis = json!({"interval": "8s", "threshold": 2, "stepWeights": [20, 50]});
+    let app = setup(&env, &client, &ns.name, &host, analysis, &op).await?;
+    let api = canaries(&client, &ns.name);
+    let routes = http_routes(&client, &ns.name);
+    let before = routes.get("web").await?.data["spec"].clone();
+
+    let load = steady_load(&url, &host, 25);
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"analysis": {
+            "stepWeights": null, "iterations": 2,
+            "match": [{"headers": {"x-user": {"regex": "^beta-.*"}}}]
+        }}})),
+    )
+    .await?;
+    release(&client, &app.clone().version("v2")).await?;
+    let ready = wait_for(
+        "Ready=False UnsupportedFeature",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let s = status(&api, "web").await?;
+                let c = s["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Ready" && c["reason"] == "UnsupportedFeature")
+                    .cloned();
+                Ok(c)
+            }
+        },
+    )
+    .await?;
+    let msg = ready["message"].as_str().unwrap_or("").to_string();
+    for part in ["HTTPRouteHeaderRegexMatch", "analysis.match", "Traefik 3.0"] {
+        assert!(msg.contains(part), "{part} missing from {msg:?}");
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    let ev = wait_for("UnsupportedFeature Event", Duration::from_secs(15), || {
+        let events = events.clone();
+        async move {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("UnsupportedFeature")))
+        }
+    })
+    .await?;
+    assert!(
+        ev.message
+            .unwrap_or_default()
+            .contains("HTTPRouteHeaderRegexMatch"),
+        "event names the feature"
+    );
+    // Several reconciles later nothing was written and no release started.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        routes.get("web").await?.data["spec"],
+        before,
+        "route untouched"
+    );
+    let s = status(&api, "web").await?;
+    assert_eq!(weight(&s), 0, "{s}");
+    let report = load.await??;
+    assert_never_dark("steady load while refused", &report);
+    assert_eq!(
+        report.count("v1"),
+        report.responses,
+        "primary serves: {report:?}"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
