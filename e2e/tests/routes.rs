@@ -331,3 +331,114 @@ async fn unsupported_feature_is_refused_and_the_app_keeps_serving() -> Result<()
     ns.cleanup().await?;
     Ok(())
 }
+
+/// A route write the data plane rejects, forced: the operator is told (by the
+/// `--gateway-features` override) that Traefik serves regex header matches, so the
+/// session-affinity route it writes is one Traefik drops. The probe through the
+/// gateway sees the 404s, the last confirmed route is restored within the bound, the
+/// release fails with the reason, and the load loses no more than that window.
+#[tokio::test]
+async fn a_rejected_route_is_reverted_within_the_bound() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("routes_revert") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-revert").await?;
+    let lie = "traefik.io/gateway-controller=HTTPRouteHeaderRegexMatch,\
+               HTTPRouteBackendResponseHeaderModification,\
+               HTTPRouteRequestHeaderModification,TraefikServiceBackendRef";
+    let bound = Duration::from_secs(10);
+    let op = Operator::start(
+        &env,
+        &ns.name,
+        &[
+            "--provider",
+            "gatewayapi:v1",
+            "--gateway-features",
+            lie,
+            "--gateway-probe-url",
+            &env.gateway,
+            "--route-confirm-seconds",
+            "10",
+        ],
+    )
+    .await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let url = format!("{}/", env.gateway);
+    let analysis = json!({"interval": "8s", "threshold": 2, "stepWeights": [20, 50]});
+    let app = setup(&env, &client, &ns.name, &host, analysis, &op).await?;
+    let api = canaries(&client, &ns.name);
+    let routes = http_routes(&client, &ns.name);
+    // The plain route was confirmed through the gateway and recorded.
+    let confirmed = wait_for("confirmed route", Duration::from_secs(20), || {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get("web").await?;
+            Ok(r.metadata
+                .annotations
+                .and_then(|a| a.get("serin.dev/confirmed-spec").cloned()))
+        }
+    })
+    .await?;
+    let confirmed: Value = serde_json::from_str(&confirmed)?;
+    assert_eq!(confirmed, routes.get("web").await?.data["spec"]);
+
+    let load = steady_load(&url, &host, 45);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"analysis": {
+            "sessionAffinity": {"cookieName": COOKIE}
+        }}})),
+    )
+    .await?;
+    release(&client, &app.clone().version("v2")).await?;
+    let failed = wait_phase(&api, "web", "Failed", Duration::from_secs(60), &op).await?;
+    let msg = failed["routerMessage"].as_str().unwrap_or("").to_string();
+    assert!(
+        msg.contains("not confirmed within 10s") && msg.contains("restored"),
+        "{failed}"
+    );
+    // The route is exactly the last confirmed one again (or the primary-only route
+    // the rollback wrote with the features confirmed before).
+    let now = routes.get("web").await?.data["spec"].clone();
+    let regex = now.to_string().contains("RegularExpression");
+    assert!(!regex, "no rejected rule left: {now}");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    let failed_ev = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("Failed"))
+        .context("a Failed event")?;
+    assert!(
+        failed_ev
+            .message
+            .unwrap_or_default()
+            .contains("not confirmed"),
+        "the event (and alert) say why"
+    );
+    let report = load.await??;
+    // The app went dark only while Traefik held the rejected route: from its apply to
+    // the restore's apply, within the bound plus Traefik's apply time.
+    let first = report.dark_at.iter().map(|d| d.0).fold(f64::MAX, f64::min);
+    let last = report.dark_at.iter().map(|d| d.0).fold(0.0, f64::max);
+    assert!(
+        last - first <= bound.as_secs_f64() + 3.0,
+        "dark for {:.1}s (bound {bound:?}): {:?}",
+        last - first,
+        report.dark_at
+    );
+    assert!(
+        report.dark() > 0,
+        "the forced rejection took the route down for a while: {report:?}"
+    );
+    // After the window the primary serves everything again.
+    let after = load::run(&LoadSpec::new(&url).host(&host).requests(100, 100.0)).await?;
+    assert_never_dark("after the revert", &after);
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}

@@ -85,6 +85,15 @@ pub struct RunArgs {
     /// `<controllerName>=<Feature>,<Feature>;...` (complete lists; see `serin validate --help`).
     #[arg(long, env = "SERIN_GATEWAY_FEATURES", default_value = "")]
     pub gateway_features: String,
+    /// How long the data plane has to confirm a route write before it is undone.
+    #[arg(long, env = "SERIN_ROUTE_CONFIRM_SECONDS", default_value_t = 10)]
+    pub route_confirm_seconds: u64,
+    /// Where the operator reaches the Gateways' listeners (e.g. `http://gateway.infra`),
+    /// to confirm routes on the data plane with a probe request when the implementation
+    /// writes no route status (Traefik 3.0). Unset: such routes stay unconfirmed
+    /// (shown in `status.routerMessage`) and are not undone.
+    #[arg(long, env = "SERIN_GATEWAY_PROBE_URL")]
+    pub gateway_probe_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -280,6 +280,15 @@ async fn run_controller(
         routing,
         default_provider: args.provider.clone(),
         synced: ready.clone(),
+        confirm: reconcile::ConfirmSettings {
+            timeout: std::time::Duration::from_secs(args.route_confirm_seconds),
+            probe_url: args.gateway_probe_url.clone(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| RunError::Startup(format!("probe HTTP client: {e}")))?,
+        },
     });
 
     let (c1, c2, c3, c4, c5) = (

@@ -1178,6 +1178,26 @@ pub fn route_status(route: &Value) -> RouteStatus {
             let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
             return RouteStatus::NotAccepted(format!("parent {parent}: {reason}: {msg}"));
         }
+        // Accepted with a backendRef it cannot resolve still serves nothing there.
+        let resolved = p
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("ResolvedRefs"));
+        if let Some(r) = resolved {
+            let stale = matches!(
+                (r.get("observedGeneration").and_then(Value::as_i64), generation),
+                (Some(o), Some(g)) if o < g
+            );
+            if !stale && r.get("status").and_then(Value::as_str) == Some("False") {
+                let reason = r.get("reason").and_then(Value::as_str).unwrap_or("");
+                let msg = r.get("message").and_then(Value::as_str).unwrap_or("");
+                return RouteStatus::NotAccepted(format!(
+                    "parent {parent}: ResolvedRefs {reason}: {msg}"
+                ));
+            }
+        }
     }
     RouteStatus::Accepted
 }
@@ -1661,7 +1681,17 @@ impl GatewayApiRouter {
                 tokio::time::sleep(STICKY_SETTLE).await;
             }
         }
-        let obj = render_route(canary, routes, opts, &ar)?;
+        let mut spec = render_route_spec(canary, routes, opts)?;
+        if routes.canary == 0 && !routes.mirror {
+            let confirmed = match self.live(canary, &ar, &name).await? {
+                Some(live) => {
+                    confirmed_spec(&live).and_then(|v| serde_json::from_value::<RouteSpec>(v).ok())
+                }
+                None => None,
+            };
+            spec = safe_primary_spec(canary, spec, opts, confirmed.as_ref())?;
+        }
+        let obj = route_object(canary, spec, opts, &ar)?;
         apply::ensure(&self.client, &ar, obj, &["/spec"]).await?;
         Ok(())
     }
@@ -1700,7 +1730,15 @@ pub fn render_route(
     opts: RenderOptions,
     ar: &kube::api::ApiResource,
 ) -> Result<kube::api::DynamicObject, RouterError> {
-    let spec = render_route_spec(canary, routes, opts)?;
+    route_object(canary, render_route_spec(canary, routes, opts)?, opts, ar)
+}
+
+fn route_object(
+    canary: &Canary,
+    spec: RouteSpec,
+    opts: RenderOptions,
+    ar: &kube::api::ApiResource,
+) -> Result<kube::api::DynamicObject, RouterError> {
     let spec = serde_json::to_value(spec).map_err(|source| RouterError::Serde {
         context: format!("render {} {}", opts.kind.kind(), canary.apex_name()),
         source,
@@ -1713,6 +1751,56 @@ pub fn render_route(
         custom,
         json!({ "spec": spec }),
     ))
+}
+
+/// Annotations on a generated route recording the spec the data plane last confirmed
+/// and at which generation, so that an unconfirmed write can be undone exactly.
+pub const CONFIRMED_SPEC_ANNOTATION: &str = "serin.dev/confirmed-spec";
+pub const CONFIRMED_GENERATION_ANNOTATION: &str = "serin.dev/confirmed-generation";
+
+/// The last confirmed spec recorded on a live route.
+pub fn confirmed_spec(live: &kube::api::DynamicObject) -> Option<Value> {
+    live.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIRMED_SPEC_ANNOTATION))
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// Rollback and finalization must not need anything the data plane has not already
+/// served: a primary-only route needing a feature the last confirmed spec did not
+/// use (the regex cookie-expiry rule, say) is written without session affinity
+/// rules, and if even that needs more, the last confirmed spec is kept.
+pub fn safe_primary_spec(
+    canary: &Canary,
+    rendered: RouteSpec,
+    opts: RenderOptions,
+    confirmed: Option<&RouteSpec>,
+) -> Result<RouteSpec, RouterError> {
+    let Some(confirmed) = confirmed else {
+        return Ok(rendered);
+    };
+    let allowed = features_of(confirmed, opts.kind);
+    if features_of(&rendered, opts.kind).is_subset(&allowed) {
+        return Ok(rendered);
+    }
+    let mut plain = canary.clone();
+    if let Some(a) = plain.spec.analysis.as_mut() {
+        a.session_affinity = None;
+    }
+    let spec = render_route_spec(
+        &plain,
+        Routes::PRIMARY,
+        RenderOptions {
+            sticky: false,
+            ..opts
+        },
+    )?;
+    if features_of(&spec, opts.kind).is_subset(&allowed) {
+        Ok(spec)
+    } else {
+        Ok(confirmed.clone())
+    }
 }
 
 impl Router for GatewayApiRouter {
@@ -1808,6 +1896,152 @@ impl Router for GatewayApiRouter {
         Box::pin(async move {
             self.k8s.finalize(canary).await?;
             self.write(canary, None, true).await
+        })
+    }
+
+    fn written<'a>(
+        &'a self,
+        canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<Option<super::Written>, RouterError>> {
+        Box::pin(async move {
+            // A user-owned route is not annotated by Serin, so it is not confirmed.
+            if Self::user_route(canary)?.is_some() {
+                return Ok(None);
+            }
+            let kind = Self::route_kind(canary)?;
+            let ar = self.resource(kind, None)?;
+            let Some(live) = self.live(canary, &ar, &canary.apex_name()).await? else {
+                return Ok(None);
+            };
+            let confirmed_generation = live
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIRMED_GENERATION_ANNOTATION))
+                .and_then(|g| g.parse().ok());
+            let host = live
+                .data
+                .pointer("/spec/hostnames/0")
+                .and_then(Value::as_str)
+                .filter(|h| !h.contains('*'))
+                .map(str::to_string);
+            let path = live
+                .data
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    r.get("matches")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .find_map(|m| {
+                    let p = m.get("path")?;
+                    matches!(
+                        p.get("type").and_then(Value::as_str),
+                        Some("PathPrefix" | "Exact")
+                    )
+                    .then(|| p.get("value").and_then(Value::as_str))
+                    .flatten()
+                    .map(str::to_string)
+                })
+                .unwrap_or_else(|| "/".into());
+            Ok(Some(super::Written {
+                kind: ar.kind.clone(),
+                name: canary.apex_name(),
+                generation: live.metadata.generation,
+                confirmed_generation,
+                host,
+                path,
+            }))
+        })
+    }
+
+    fn mark_confirmed<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            if Self::user_route(canary)?.is_some() {
+                return Ok(());
+            }
+            let ar = self.resource(Self::route_kind(canary)?, None)?;
+            let name = canary.apex_name();
+            let Some(live) = self.live(canary, &ar, &name).await? else {
+                return Ok(());
+            };
+            let spec = live.data.get("spec").cloned().unwrap_or_default();
+            let generation = live.metadata.generation.unwrap_or_default().to_string();
+            let text = serde_json::to_string(&spec).map_err(|source| RouterError::Serde {
+                context: format!("record confirmed {} {name}", ar.kind),
+                source,
+            })?;
+            let ann = live.metadata.annotations.clone().unwrap_or_default();
+            if ann.get(CONFIRMED_GENERATION_ANNOTATION) == Some(&generation)
+                && ann.get(CONFIRMED_SPEC_ANNOTATION) == Some(&text)
+            {
+                return Ok(());
+            }
+            let patch = json!({"metadata": {
+                "resourceVersion": live.metadata.resource_version,
+                "annotations": {
+                    CONFIRMED_SPEC_ANNOTATION: text,
+                    CONFIRMED_GENERATION_ANNOTATION: generation,
+                }
+            }});
+            let ns = canary.namespace_or_default();
+            apply::dyn_api(&self.client, &ar, &ns)
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|source| RouterError::Kube {
+                    context: format!("record confirmed {} {ns}/{name}", ar.kind),
+                    source,
+                })?;
+            Ok(())
+        })
+    }
+
+    fn restore_confirmed<'a>(
+        &'a self,
+        canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<bool, RouterError>> {
+        Box::pin(async move {
+            if Self::user_route(canary)?.is_some() {
+                return Ok(false);
+            }
+            let ar = self.resource(Self::route_kind(canary)?, None)?;
+            let name = canary.apex_name();
+            let Some(live) = self.live(canary, &ar, &name).await? else {
+                return Ok(false);
+            };
+            let Some(confirmed) = confirmed_spec(&live) else {
+                return Ok(false);
+            };
+            let have = live.data.get("spec").cloned().unwrap_or_default();
+            if have == confirmed {
+                return Ok(false);
+            }
+            // Exactly the confirmed spec: keys it lacks are removed, arrays replaced.
+            let patch = json!({
+                "metadata": {"resourceVersion": live.metadata.resource_version},
+                "spec": apply::merge_diff(&have, &confirmed),
+            });
+            let ns = canary.namespace_or_default();
+            apply::dyn_api(&self.client, &ar, &ns)
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|source| RouterError::Kube {
+                    context: format!("restore confirmed {} {ns}/{name}", ar.kind),
+                    source,
+                })?;
+            Ok(true)
         })
     }
 }
@@ -2246,6 +2480,31 @@ mod tests {
         assert_eq!(
             idle["weighted"]["services"],
             json!([{"name": "podinfo-primary", "kind": "Service", "port": 9898, "weight": 100}])
+        );
+    }
+
+    #[test]
+    fn rollback_writes_only_features_already_confirmed() {
+        let c = affinity_canary();
+        // What Traefik last confirmed: the plain split, before affinity was asked for.
+        let confirmed = render_route_spec(&canary(), Routes::weighted(10), opts()).unwrap();
+        let regex_primary = render_route_spec(&c, Routes::PRIMARY, opts()).unwrap();
+        assert!(features_of(&regex_primary, RouteKind::Http).contains(&Feature::HeaderRegexMatch));
+        let safe = safe_primary_spec(&c, regex_primary.clone(), opts(), Some(&confirmed)).unwrap();
+        assert!(
+            features_of(&safe, RouteKind::Http)
+                .is_subset(&features_of(&confirmed, RouteKind::Http)),
+            "{safe:?}"
+        );
+        assert_eq!(routes_of_spec(&c, &safe).unwrap(), Routes::PRIMARY);
+        // Once the regex scheme has been confirmed, its cookie-expiry rule is kept.
+        let same =
+            safe_primary_spec(&c, regex_primary.clone(), opts(), Some(&regex_primary)).unwrap();
+        assert_eq!(same, regex_primary);
+        // Nothing confirmed yet: as rendered (the capability check already passed).
+        assert_eq!(
+            safe_primary_spec(&c, regex_primary.clone(), opts(), None).unwrap(),
+            regex_primary
         );
     }
 

@@ -202,6 +202,43 @@ pub trait Router: Send + Sync {
     /// On Canary deletion with `revertOnDeletion`: route everything back to the
     /// target's own pods and remove what only Serin needed.
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// The routing object as written, for confirming it on the data plane; `None`
+    /// from routers that do not confirm their writes (the default).
+    fn written<'a>(
+        &'a self,
+        _canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<Option<Written>, RouterError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Records the live routing object as the last one the data plane confirmed.
+    fn mark_confirmed<'a>(&'a self, _canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Writes back the last confirmed routing object exactly; `false` when there is
+    /// none (or it is what is live already).
+    fn restore_confirmed<'a>(
+        &'a self,
+        _canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<bool, RouterError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A written routing object, for confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub kind: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// The generation last confirmed on the data plane.
+    pub confirmed_generation: Option<i64>,
+    /// A hostname the route serves, for a probe request through the gateway.
+    pub host: Option<String>,
+    /// A path the route serves (its first PathPrefix/Exact match, else `/`).
+    pub path: String,
 }
 
 /// Which routing API versions this cluster serves, found by discovery at start-up.
