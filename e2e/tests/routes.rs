@@ -105,6 +105,32 @@ async fn ask(
     Ok((field("version"), field("pod"), set))
 }
 
+/// A new client (no cookie) until one reaches `version` and gets the sticky cookie.
+async fn canary_cookie(
+    http: &reqwest::Client,
+    url: &str,
+    host: &str,
+    version: &str,
+) -> Result<String> {
+    for _ in 0..200 {
+        if let (v, _, Some(c)) = ask(http, url, host, None).await?
+            && v == version
+        {
+            return Ok(c);
+        }
+    }
+    bail!("no new client reached {version} in 200 tries")
+}
+
+async fn serve_tester() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, serin::tester::router()).await;
+    });
+    Ok(addr)
+}
+
 /// Canary `web` on the Gateway with `analysis`; waits for Initialized and traffic.
 async fn setup(
     env: &ClusterEnv,
@@ -166,9 +192,12 @@ async fn session_affinity_on_traefik_promotes_and_never_goes_dark() -> Result<()
     let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
     let host = format!("{}.e2e.local", ns.name);
     let url = format!("{}/", env.gateway);
+    let tester = serve_tester().await?;
     let analysis = json!({
         "interval": "8s", "threshold": 2, "stepWeight": 10, "maxWeight": 50,
-        "sessionAffinity": {"cookieName": COOKIE, "maxAge": 600}
+        "sessionAffinity": {"cookieName": COOKIE, "maxAge": 600},
+        "webhooks": [{"name": "kill-switch", "type": "rollback",
+                      "url": format!("http://{tester}/rollback/check")}]
     });
     let app = setup(&env, &client, &ns.name, &host, analysis, &op).await?;
     let api = canaries(&client, &ns.name);
@@ -189,16 +218,7 @@ async fn session_affinity_on_traefik_promotes_and_never_goes_dark() -> Result<()
         .timeout(Duration::from_secs(5))
         .build()?;
     // A new client reaches the canary at its weight; Traefik gives it the cookie.
-    let mut cookie = None;
-    for _ in 0..200 {
-        if let (v, _, Some(c)) = ask(&http, &url, &host, None).await?
-            && v == "v2"
-        {
-            cookie = Some(c);
-            break;
-        }
-    }
-    let cookie = cookie.context("no new client reached the canary in 200 tries")?;
+    let cookie = canary_cookie(&http, &url, &host, "v2").await?;
     let mut on_canary = 0;
     for _ in 0..200 {
         if ask(&http, &url, &host, Some(&cookie)).await?.0 == "v2" {
@@ -235,6 +255,35 @@ async fn session_affinity_on_traefik_promotes_and_never_goes_dark() -> Result<()
         report.count("v2") > 0,
         "the canary took traffic: {report:?}"
     );
+
+    // A rolled-back release: a client stuck on the canary lands on the primary.
+    let load = steady_load(&url, &host, 60);
+    release(&client, &app.clone().version("v3")).await?;
+    wait_for("v3 at weight 20", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let s = status(&api, "web").await?;
+            Ok((phase(&s) == "Progressing" && weight(&s) >= 20).then_some(()))
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cookie = canary_cookie(&http, &url, &host, "v3").await?;
+    reqwest::Client::new()
+        .post(format!("http://{tester}/rollback/open"))
+        .json(&json!({"name": "web", "namespace": ns.name}))
+        .send()
+        .await?
+        .error_for_status()?;
+    wait_phase(&api, "web", "Failed", Duration::from_secs(60), &op).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..20 {
+        let (v, pod, _) = ask(&http, &url, &host, Some(&cookie)).await?;
+        assert_eq!(v, "v2", "after the rollback the client is on the primary");
+        assert!(pod.starts_with("web-primary-"), "answered by {pod}");
+    }
+    let report = load.await??;
+    assert_never_dark("steady load during the rolled-back release", &report);
     drop(op);
     ns.cleanup().await?;
     Ok(())
