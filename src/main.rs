@@ -30,8 +30,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             prometheus,
             namespace,
             metrics_labels,
+            gateway_controller,
+            gateway_features,
         } => {
             let mut without_value = 0;
+            let data_plane = gateway_controller.map(|controller| serin::cli::DataPlane {
+                controller,
+                features: gateway_features,
+            });
             for file in files {
                 let path = file.display().to_string();
                 let text = if path == "-" {
@@ -49,7 +55,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         source,
                     })?
                 };
-                for name in serin::cli::validate_manifests(&path, &text, &provider)? {
+                for name in serin::cli::validate_for(&path, &text, &provider, data_plane.as_ref())?
+                {
                     println!("{path}: Canary {name}: ok");
                 }
                 if let Some(prom) = &prometheus {

@@ -27,6 +27,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Requests in flight at most.
     pub concurrency: usize,
+    /// Set to end the load early (see [`Steady`]).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl LoadSpec {
@@ -39,6 +41,7 @@ impl LoadSpec {
             max_requests: 100_000,
             timeout: Duration::from_secs(5),
             concurrency: 64,
+            stop: None,
         }
     }
     pub fn rate(mut self, rate: f64) -> Self {
@@ -89,6 +92,9 @@ pub struct LoadReport {
     pub latency_p99_ms: f64,
     /// First few transport errors, for diagnostics.
     pub sample_errors: Vec<String>,
+    /// When (seconds after the start) requests got no answer or a 404/502/503, and
+    /// what they got: where a release took the app dark, if it did (first 200).
+    pub dark_at: Vec<(f64, String)>,
 }
 
 impl LoadReport {
@@ -101,6 +107,16 @@ impl LoadReport {
     }
     pub fn count(&self, version: &str) -> u64 {
         *self.by_version.get(version).unwrap_or(&0)
+    }
+    /// Requests the app did not answer: 404/502/503 from the gateway (no route, no
+    /// reachable backend) or no response at all. A release must keep this at zero outside a
+    /// bounded switch window.
+    pub fn dark(&self) -> u64 {
+        self.errors
+            + [404u16, 502, 503]
+                .iter()
+                .map(|s| self.by_status.get(s).copied().unwrap_or(0))
+                .sum::<u64>()
     }
     /// Share (0..1) of responses with status >= 500.
     pub fn server_error_share(&self) -> f64 {
@@ -157,6 +173,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Steady load in the background for a whole release, stopped when the test has
+/// seen what it waits for; `finish` reports on every request sent.
+pub struct Steady {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<LoadReport>>,
+}
+
+impl Steady {
+    /// `rate` requests per second to `url` with `Host: host`, for at most `max`.
+    pub fn start(url: &str, host: &str, rate: f64, max: Duration) -> Steady {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut spec = LoadSpec::new(url).host(host).rate(rate).duration(max);
+        spec.stop = Some(stop.clone());
+        Steady {
+            stop,
+            task: tokio::spawn(async move { run(&spec).await }),
+        }
+    }
+
+    pub async fn finish(self) -> Result<LoadReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.context("load task")?
+    }
+}
+
+/// The app-dark guard: every request through the gateway was answered by the app
+/// (no 404/502/503, no missing answer), except within one switch window of at most
+/// `window` (a route or pod change the data plane applies a moment late).
+pub fn assert_not_dark(what: &str, r: &LoadReport, window: Duration) {
+    assert!(
+        r.responses > 0,
+        "{what}: no load reached the gateway: {r:?}"
+    );
+    // Completion order is not send order (a timeout completes late).
+    let first = r.dark_at.iter().map(|d| d.0).fold(f64::MAX, f64::min);
+    let last = r.dark_at.iter().map(|d| d.0).fold(0.0, f64::max);
+    assert!(
+        r.dark() == 0 || last - first <= window.as_secs_f64(),
+        "{what}: {} requests got 404/502/503 or no answer over {:.1}s (switch window {window:?}): {:?} {:?}",
+        r.dark(),
+        last - first,
+        r.by_status,
+        r.dark_at
+    );
+}
+
 /// Sends `spec.total_requests()` requests evenly spaced at `spec.rate`, waits for
 /// them (each bounded by `spec.timeout`), and reports.
 pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
@@ -193,7 +255,12 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
     for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        if start.elapsed() > hard_stop {
+        if start.elapsed() > hard_stop
+            || spec
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
             break;
         }
         let permit = sem
@@ -226,13 +293,26 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
                         .unwrap_or_else(|| "unknown".to_string());
                     Ok((status, version))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    // reqwest's Display hides the cause (reset, refused, timeout).
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(c) = src {
+                        msg.push_str(&format!(": {c}"));
+                        src = c.source();
+                    }
+                    Err(msg)
+                }
             };
+            let at = t0.duration_since(start).as_secs_f64();
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             drop(permit);
             let mut r = report.lock().await;
             match outcome {
                 Ok((status, version)) => {
+                    if matches!(status, 404 | 502 | 503) && r.dark_at.len() < 200 {
+                        r.dark_at.push((at, status.to_string()));
+                    }
                     r.responses += 1;
                     *r.by_status.entry(status).or_default() += 1;
                     *r.by_version.entry(version.clone()).or_default() += 1;
@@ -244,6 +324,9 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
                     latencies.lock().await.push(ms);
                 }
                 Err(e) => {
+                    if r.dark_at.len() < 200 {
+                        r.dark_at.push((at, e.clone()));
+                    }
                     r.errors += 1;
                     if r.sample_errors.len() < 5 {
                         r.sample_errors.push(e);

@@ -18,6 +18,9 @@ use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json};
 
+/// How long a route or pod switch may leave requests unanswered.
+const SWITCH_WINDOW: Duration = Duration::from_secs(3);
+
 /// Waits for phase `want`; a different terminal phase after Progressing fails at once
 /// so a wrong outcome is reported as such, not as a timeout.
 async fn wait_phase(
@@ -371,14 +374,11 @@ async fn no_traffic_holds_inconclusive_then_proceeds_with_load() -> Result<()> {
         assert_eq!(s["failedChecks"].as_u64().unwrap_or(0), 0, "{s}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let bg_spec = LoadSpec::new(&url)
-        .host(&host)
-        .rate(20.0)
-        .duration(Duration::from_secs(150));
-    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(150));
     let done = wait_phase(&api, "web", "Succeeded", Duration::from_secs(90), &op).await?;
     assert_eq!(done["failedChecks"].as_u64().unwrap_or(0), 0, "{done}");
-    bg.abort();
+    // The app-dark guard: no 404/502/503 or missing answer outside one switch window.
+    load::assert_not_dark("steady load", &bg.finish().await?, SWITCH_WINDOW);
     drop(op);
     ns.cleanup().await?;
     Ok(())
@@ -438,12 +438,7 @@ async fn alerts_post_release_outcomes_to_webhook_and_slack() -> Result<()> {
     wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op).await?;
     let url = format!("{}/", env.gateway);
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
-    let bg_spec = LoadSpec::new(&url)
-        .host(&host)
-        .rate(20.0)
-        // Outlasts every wait below (two releases); aborted when the test ends.
-        .duration(Duration::from_secs(300));
-    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(300));
 
     app = app.version("v2");
     release(&client, &app).await?;
@@ -508,7 +503,8 @@ async fn alerts_post_release_outcomes_to_webhook_and_slack() -> Result<()> {
                     }))),
         "a Slack attachment naming the failing check: {slack:?}"
     );
-    bg.abort();
+    // The app-dark guard: no 404/502/503 or missing answer outside one switch window.
+    load::assert_not_dark("steady load", &bg.finish().await?, SWITCH_WINDOW);
     drop(op);
     ns.cleanup().await?;
     Ok(())
@@ -540,11 +536,7 @@ async fn latency_regression_rolls_back_on_request_duration() -> Result<()> {
     wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op).await?;
     let url = format!("{}/", env.gateway);
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
-    let bg_spec = LoadSpec::new(&url)
-        .host(&host)
-        .rate(20.0)
-        .duration(Duration::from_secs(240));
-    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(240));
 
     app = app.version("v2").env("LATENCY_MS", "500");
     release(&client, &app).await?;
@@ -561,7 +553,8 @@ async fn latency_regression_rolls_back_on_request_duration() -> Result<()> {
     let ms = dur["value"].as_f64().context("measured latency")?;
     assert!(ms > 300.0, "P99 {ms} ms should exceed the limit: {failed}");
     assert_eq!(weight(&failed), 0);
-    bg.abort();
+    // The app-dark guard: no 404/502/503 or missing answer outside one switch window.
+    load::assert_not_dark("steady load", &bg.finish().await?, SWITCH_WINDOW);
     drop(op);
     ns.cleanup().await?;
     Ok(())

@@ -20,6 +20,9 @@ use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
 
+/// How long a route or pod switch may leave requests unanswered.
+const SWITCH_WINDOW: Duration = Duration::from_secs(3);
+
 /// Waits for `want`, recording every phase seen on the way; fails early on a
 /// different terminal phase.
 async fn wait_phase(
@@ -605,11 +608,7 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(20)).await?;
 
     // Background load so the success-rate metric has data at every step.
-    let bg_spec = LoadSpec::new(&url)
-        .host(&host)
-        .rate(20.0)
-        .duration(Duration::from_secs(320));
-    let bg = tokio::spawn(async move { load::run(&bg_spec).await });
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(320));
 
     app = app.version("v2");
     release(&client, &app).await?;
@@ -687,7 +686,8 @@ async fn gateway_api_canary_shifts_real_traffic_and_rolls_back_on_errors() -> Re
         back.responses, 200,
         "no request lost while traffic moved back: {back:?}"
     );
-    bg.abort();
+    // The app-dark guard: no 404/502/503 or missing answer outside one switch window.
+    load::assert_not_dark("steady load", &bg.finish().await?, SWITCH_WINDOW);
     drop(op);
     ns.cleanup().await?;
     Ok(())

@@ -81,6 +81,8 @@ where
             if weight(&after) == w && phase(&after) == "Progressing" {
                 let got = 100.0 * report.version_share(canary_version);
                 assert!(report.responses >= 500, "{report:?}");
+                // The app-dark guard: a step's route is served in full.
+                assert_eq!(report.dark(), 0, "at weight {w}: {:?}", report.dark_at);
                 assert!(
                     (got - w as f64).abs() <= 5.0,
                     "at weight {w} the canary answered {got:.1}% of {} requests",

@@ -153,7 +153,9 @@ pub fn family(provider: Provider, gateway: GatewayMetrics) -> Family {
         Provider::Nginx => Family::Nginx,
         Provider::Traefik => Family::Traefik("kubernetescrd"),
         Provider::GatewayApiV1 | Provider::GatewayApiV1beta1 => match gateway {
-            GatewayMetrics::Traefik => Family::Traefik("kubernetesgateway"),
+            // Session affinity on Traefik routes through a sticky TraefikService, whose
+            // backends Traefik's CRD provider labels: both suffixes are the canary.
+            GatewayMetrics::Traefik => Family::Traefik("kubernetes(gateway|crd)"),
             GatewayMetrics::Istio => Family::Istio,
         },
         Provider::Istio | Provider::Smi(_) => Family::Istio,
@@ -487,7 +489,7 @@ mod tests {
         .unwrap();
         assert!(
             gw.contains(
-                r#"service=~"test-podinfo-canary-[0-9a-zA-Z-]+@kubernetesgateway", code!~"5..""#
+                r#"service=~"test-podinfo-canary-[0-9a-zA-Z-]+@kubernetes(gateway|crd)", code!~"5..""#
             ),
             "{gw}"
         );

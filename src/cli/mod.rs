@@ -37,6 +37,14 @@ pub enum Command {
         namespace: Option<String>,
         #[arg(long, value_enum, default_value = "any", requires = "prometheus")]
         metrics_labels: crate::analysis::builtin::MetricsLabels,
+        /// Also check Gateway API Canaries against what this data plane serves: its
+        /// GatewayClass `spec.controllerName` (e.g. `traefik.io/gateway-controller`),
+        /// as the operator would before writing a route.
+        #[arg(long)]
+        gateway_controller: Option<String>,
+        /// The operator's `--gateway-features`, for the same answer.
+        #[arg(long, default_value = "")]
+        gateway_features: String,
     },
     /// Run the load tester and gate service next to your apps.
     Tester {
@@ -88,6 +96,19 @@ pub struct RunArgs {
     pub alert_provider: String,
     #[arg(long, env = "SERIN_ALERT_SEVERITY", default_value = "info")]
     pub alert_severity: String,
+    /// What Gateway API data planes serve, over the built-in table:
+    /// `<controllerName>=<Feature>,<Feature>;...` (complete lists; see `serin validate --help`).
+    #[arg(long, env = "SERIN_GATEWAY_FEATURES", default_value = "")]
+    pub gateway_features: String,
+    /// How long the data plane has to confirm a route write before it is undone.
+    #[arg(long, env = "SERIN_ROUTE_CONFIRM_SECONDS", default_value_t = 10)]
+    pub route_confirm_seconds: u64,
+    /// Where the operator reaches the Gateways' listeners (e.g. `http://gateway.infra`),
+    /// to confirm routes on the data plane with a probe request when the implementation
+    /// writes no route status (Traefik 3.0). Unset: such routes stay unconfirmed
+    /// (shown in `status.routerMessage`) and are not undone.
+    #[arg(long, env = "SERIN_GATEWAY_PROBE_URL")]
+    pub gateway_probe_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,18 +133,31 @@ pub enum CliError {
         #[source]
         source: crate::crd::SpecError,
     },
+    #[error("{path}: Canary {name}: {source}")]
+    Route {
+        path: String,
+        name: String,
+        #[source]
+        source: Box<crate::router::RouterError>,
+    },
+    #[error("--gateway-features: {0}")]
+    Features(String),
     #[error("cannot render CRDs: {0}")]
     Crds(#[from] serde_yaml::Error),
     #[error("{0}")]
     Run(String),
 }
 
+/// Where `serin validate` checks routes against a data plane's capabilities.
+#[derive(Debug, Clone, Default)]
+pub struct DataPlane {
+    pub controller: String,
+    pub features: String,
+}
+
 /// Parses every Canary document of `text` and validates it; returns the names checked.
 pub fn validate_manifests(path: &str, text: &str, provider: &str) -> Result<Vec<String>, CliError> {
-    Ok(parse_canaries(path, text, provider)?
-        .into_iter()
-        .map(|c| c.metadata.name.unwrap_or_default())
-        .collect())
+    validate_for(path, text, provider, None)
 }
 
 struct NoSecrets;
@@ -214,6 +248,70 @@ pub async fn check_metrics(
     Ok(out)
 }
 
+/// `validate_manifests`, plus the operator's refuse-before-writing check of Gateway
+/// API Canaries against `data_plane`.
+pub fn validate_for(
+    path: &str,
+    text: &str,
+    provider: &str,
+    data_plane: Option<&DataPlane>,
+) -> Result<Vec<String>, CliError> {
+    use crate::router::capabilities::{Capabilities, parse_overrides};
+    use crate::router::gatewayapi::{self, RenderOptions, RouteKind};
+    let caps = match data_plane {
+        None => None,
+        Some(d) => {
+            let overrides = parse_overrides(&d.features).map_err(CliError::Features)?;
+            let class = serde_json::json!({"spec": {"controllerName": d.controller}});
+            Some(Capabilities::from_gateway_class(&class, &overrides).map_err(CliError::Features)?)
+        }
+    };
+    let mut names = Vec::new();
+    for canary in parse_canaries(path, text, provider)? {
+        let name = canary.metadata.name.clone().unwrap_or_default();
+        let settings =
+            Settings::from_spec(&canary.spec, provider).map_err(|source| CliError::Invalid {
+                path: path.to_string(),
+                name: name.clone(),
+                source,
+            })?;
+        use crate::crd::Provider;
+        let gateway = matches!(
+            settings.provider,
+            Provider::GatewayApiV1 | Provider::GatewayApiV1beta1 | Provider::Linkerd
+        );
+        if let (Some(caps), true) = (&caps, gateway && canary.spec.route_ref.is_none()) {
+            let grpc = canary
+                .spec
+                .service
+                .as_ref()
+                .and_then(|s| s.app_protocol.as_deref())
+                .is_some_and(|p| p.eq_ignore_ascii_case("grpc") || p.eq_ignore_ascii_case("grpcs"));
+            let opts = RenderOptions {
+                kind: if grpc {
+                    RouteKind::Grpc
+                } else {
+                    RouteKind::Http
+                },
+                mirror_percent: true,
+                timeouts: true,
+                linkerd: settings.provider == Provider::Linkerd,
+                sticky: false,
+            };
+            // Offline there is no discovery: a data plane that takes TraefikService
+            // backendRefs is taken to have their CRDs installed.
+            let opts = gatewayapi::plan(&canary, opts, caps, true);
+            gatewayapi::check_release(&canary, opts, caps).map_err(|source| CliError::Route {
+                path: path.to_string(),
+                name: name.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 fn parse_canaries(path: &str, text: &str, provider: &str) -> Result<Vec<Canary>, CliError> {
     let mut canaries = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -263,6 +361,49 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: other}
 "#;
+
+    #[test]
+    fn validate_refuses_what_the_named_data_plane_lacks() {
+        let doc = r#"
+apiVersion: serin.dev/v1beta1
+kind: Canary
+metadata: {name: podinfo}
+spec:
+  provider: gatewayapi:v1
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  service:
+    port: 9898
+    gatewayRefs: [{name: gw}]
+    headers: {response: {set: {x-served-by: serin}}}
+  analysis: {interval: 1m, threshold: 5, stepWeight: 10, maxWeight: 50}
+"#;
+        let traefik = DataPlane {
+            controller: "traefik.io/gateway-controller".into(),
+            features: String::new(),
+        };
+        let err = validate_for("f.yaml", doc, "kubernetes", Some(&traefik))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HTTPRouteResponseHeaderModification")
+                && err.contains("Traefik 3.0")
+                && err.contains("service.headers"),
+            "{err}"
+        );
+        // Without a data plane, or with one that has the feature, it passes.
+        validate_manifests("f.yaml", doc, "kubernetes").unwrap();
+        let istio = DataPlane {
+            controller: "istio.io/gateway-controller".into(),
+            features: String::new(),
+        };
+        validate_for("f.yaml", doc, "kubernetes", Some(&istio)).unwrap();
+        // The operator's override flag gives the same answer here.
+        let overridden = DataPlane {
+            features: "traefik.io/gateway-controller=HTTPRouteResponseHeaderModification".into(),
+            ..traefik
+        };
+        validate_for("f.yaml", doc, "kubernetes", Some(&overridden)).unwrap();
+    }
 
     #[test]
     fn validates_canaries_and_skips_other_kinds() {

@@ -53,6 +53,10 @@ pub struct Observations {
     /// Whether the Canary has metric checks.
     pub has_metrics: bool,
     pub checks: CheckResults,
+    /// A route write this tick the data plane did not confirm within the bound; the
+    /// last confirmed route has been restored. The release cannot go on with routes
+    /// that are not served.
+    pub route_rejected: Option<String>,
 }
 
 /// Results of the checks run this tick.
@@ -186,6 +190,9 @@ impl Machine<'_> {
         // be a retry held by confirm-rollout, so it keeps the request pending.
         if !matches!(phase, Some(Phase::Failed | Phase::Waiting)) {
             self.status.last_retry.clone_from(&self.obs.retry);
+        }
+        if let Some(why) = self.obs.route_rejected.clone() {
+            return self.route_rejected(&why);
         }
         match phase {
             None | Some(Phase::Initializing) => self.initialize(),
@@ -882,6 +889,26 @@ impl Machine<'_> {
             "Promotion completed: the primary runs the new revision".into(),
             true,
         );
+    }
+
+    /// The data plane did not confirm a route write. During analysis that fails the
+    /// release (its routes are what the analysis measures); otherwise the phase stays
+    /// and the next tick writes again, while users and alerts hear why.
+    fn route_rejected(&mut self, why: &str) {
+        match self.status.phase {
+            Some(Phase::Progressing | Phase::WaitingPromotion) => self.rollback(&format!(
+                "Rolling back: the route was not confirmed by the data plane: {why}"
+            )),
+            _ => {
+                self.requeue = self.requeue.min(POLL);
+                self.event(
+                    Severity::Error,
+                    "RouteNotConfirmed",
+                    format!("The route was not confirmed by the data plane: {why}"),
+                    true,
+                );
+            }
+        }
     }
 
     fn rollback(&mut self, message: &str) {

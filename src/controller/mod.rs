@@ -215,7 +215,9 @@ async fn run_controller(
 ) -> Result<(), RunError> {
     let ns = args.namespace.as_deref();
     let cfg = watcher::Config::default();
-    let routing = crate::router::discover(&client).await;
+    let mut routing = crate::router::discover(&client).await;
+    routing.gateway_features = crate::router::capabilities::parse_overrides(&args.gateway_features)
+        .map_err(|e| RunError::Startup(format!("--gateway-features: {e}")))?;
     let hpa = workload::discover_hpa_version(&client)
         .await
         .map_err(|e| RunError::Startup(format!("autoscaling API discovery: {e}")))?;
@@ -284,6 +286,15 @@ async fn run_controller(
         routing,
         default_provider: args.provider.clone(),
         synced: ready.clone(),
+        confirm: reconcile::ConfirmSettings {
+            timeout: std::time::Duration::from_secs(args.route_confirm_seconds),
+            probe_url: args.gateway_probe_url.clone(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| RunError::Startup(format!("probe HTTP client: {e}")))?,
+        },
     });
 
     let (c1, c2, c3, c4, c5) = (

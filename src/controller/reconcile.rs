@@ -85,6 +85,90 @@ pub struct Context {
     pub default_provider: String,
     /// Set once every watch cache has its first full list.
     pub synced: Arc<std::sync::atomic::AtomicBool>,
+    pub confirm: ConfirmSettings,
+}
+
+/// How route writes are confirmed on the data plane.
+#[derive(Clone)]
+pub struct ConfirmSettings {
+    /// A write not confirmed within this is undone.
+    pub timeout: Duration,
+    /// Base URL of the Gateways' listeners, for probe requests.
+    pub probe_url: Option<String>,
+    pub http: reqwest::Client,
+}
+
+/// A probe must keep answering this long after a write: the data plane applies a
+/// change within ~2-3 s (Traefik), and until then the previous route answers.
+const CONFIRM_SETTLE: Duration = Duration::from_secs(4);
+const CONFIRM_POLL: Duration = Duration::from_millis(250);
+
+enum Confirmation {
+    Confirmed,
+    /// Nothing can confirm it (no route status, no probe address); the message says why.
+    Unknown(String),
+    Unconfirmed(String),
+}
+
+/// Waits until the data plane confirms the routing object just written: the route's
+/// status (Accepted and ResolvedRefs at its generation) where the implementation
+/// writes one, else a probe through the gateway that keeps answering for
+/// `CONFIRM_SETTLE` without 404/502/503. A generation already confirmed is not waited on.
+async fn confirm_routes(canary: &Canary, ctx: &Context, router: &dyn Router) -> Confirmation {
+    let written = match router.written(canary).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return Confirmation::Confirmed,
+        Err(e) => return Confirmation::Unknown(e.to_string()),
+    };
+    if written.generation.is_some() && written.generation == written.confirmed_generation {
+        return Confirmation::Confirmed;
+    }
+    let what = format!("{} {}", written.kind, written.name);
+    let start = Instant::now();
+    let mut ok_since: Option<Instant> = None;
+    let mut last = String::from("no answer yet");
+    loop {
+        match router.verify(canary).await {
+            Ok(router::RouteStatus::Accepted) => return Confirmation::Confirmed,
+            Ok(router::RouteStatus::NotAccepted(m)) => {
+                ok_since = None;
+                last = format!("{what} not accepted: {m}");
+            }
+            Ok(router::RouteStatus::Unknown(m)) => {
+                let (Some(base), Some(host)) = (&ctx.confirm.probe_url, &written.host) else {
+                    return Confirmation::Unknown(m);
+                };
+                let url = format!("{}{}", base.trim_end_matches('/'), written.path);
+                match ctx.confirm.http.get(&url).header("Host", host).send().await {
+                    Ok(r) if !matches!(r.status().as_u16(), 404 | 502 | 503) => {
+                        let since = *ok_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= CONFIRM_SETTLE {
+                            return Confirmation::Confirmed;
+                        }
+                    }
+                    Ok(r) => {
+                        ok_since = None;
+                        last = format!(
+                            "a probe of {what} through the gateway ({url}, Host {host}) answered {}",
+                            r.status()
+                        );
+                    }
+                    Err(e) => {
+                        ok_since = None;
+                        last = format!("a probe of {what} through the gateway ({url}) failed: {e}");
+                    }
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if start.elapsed() >= ctx.confirm.timeout {
+            return Confirmation::Unconfirmed(format!(
+                "not confirmed within {}s: {last}",
+                ctx.confirm.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
+    }
 }
 
 const FIELD_MANAGER: &str = "serin";
@@ -289,6 +373,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             .is_some_and(|a| a.metrics.as_ref().is_some_and(|m| !m.is_empty())),
         webhook_types,
         checks: CheckResults::default(),
+        route_rejected: None,
     };
 
     let now = Utc::now();
@@ -344,19 +429,51 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             now,
         );
     }
-    // Verified only when the routes were just written: the result cannot change
+    // Confirmed only when the routes were just written: the result cannot change
     // otherwise, and each check reads the routing object.
-    let routes_written = decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::SetRoutes(_)));
+    let routes_written = routing_reconciled
+        || decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetRoutes(_)));
     if !deleting && routes_written {
-        match router.verify(canary).await {
-            Ok(router::RouteStatus::Accepted) => decision.status.router_message = None,
-            Ok(router::RouteStatus::Unknown(m)) | Ok(router::RouteStatus::NotAccepted(m)) => {
-                decision.status.router_message = Some(m)
+        match confirm_routes(canary, ctx, &*router).await {
+            Confirmation::Confirmed => {
+                decision.status.router_message = None;
+                router.mark_confirmed(canary).await?;
             }
-            Err(e) => decision.status.router_message = Some(e.to_string()),
+            Confirmation::Unknown(m) => decision.status.router_message = Some(m),
+            Confirmation::Unconfirmed(why) => {
+                // Undo first: the last confirmed route serves, the unconfirmed one may not.
+                let restored = router.restore_confirmed(canary).await?;
+                let why = if restored {
+                    format!("{why}; the last confirmed route was restored")
+                } else {
+                    format!("{why}; no confirmed route to restore")
+                };
+                warn!(canary = %name, namespace = %ns, "{why}");
+                obs.route_rejected = Some(why.clone());
+                if let Step::Decided(d) = machine::step(&settings, &decision.status, &obs, now) {
+                    act(
+                        canary,
+                        ctx,
+                        &d,
+                        &*router,
+                        Some(&inputs),
+                        &target,
+                        primary.as_ref(),
+                        &tracked,
+                        &configs,
+                        &settings,
+                    )
+                    .await?;
+                    let mut events = std::mem::take(&mut decision.events);
+                    events.extend(d.events.clone());
+                    decision = Decision { events, ..d };
+                    decision.status.observed_generation = generation;
+                }
+                decision.status.router_message = Some(why);
+            }
         }
     }
     write_status(canary, ctx, &status, &decision.status).await?;

@@ -41,7 +41,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::collections::BTreeSet;
+
 use super::apply;
+use super::capabilities::{Capabilities, Feature};
 use super::kubernetes::KubernetesRouter;
 use super::{
     BoxFuture, RouteStatus, Router, RouterError, Routes, RoutingApis, ServiceInputs, api_resource,
@@ -212,6 +215,9 @@ pub struct RenderOptions {
     pub mirror_percent: bool,
     pub timeouts: bool,
     pub linkerd: bool,
+    /// Session affinity through a sticky TraefikService (`<apex>-sticky`) instead of
+    /// cookie regex matches and Set-Cookie filters, for data planes without those.
+    pub sticky: bool,
 }
 
 // ---- match conversion (Istio-style HTTPMatchRequest -> Gateway API) ----
@@ -573,6 +579,11 @@ pub fn render_route_spec(
             backend_refs: vec![service_ref(&primary, port, Some(100))],
             timeouts: timeouts.clone(),
         });
+    } else if analysis.and_then(|a| a.session_affinity.as_ref()).is_some() && opts.sticky {
+        // The split and the stickiness live in the TraefikService; the route only
+        // points at it (see `render_sticky_spec`).
+        weighted_rule.backend_refs = vec![sticky_ref(canary)];
+        rules.push(weighted_rule);
     } else if let Some(sa) = analysis.and_then(|a| a.session_affinity.as_ref()) {
         let max_age = sa.max_age.unwrap_or(DEFAULT_SESSION_COOKIE_MAX_AGE);
         let status = canary.status_or_default();
@@ -639,6 +650,242 @@ pub fn render_route_spec(
         hostnames: svc.hosts.clone().unwrap_or_default(),
         rules,
     })
+}
+
+/// Name of the sticky TraefikService that carries the split in sticky mode.
+pub fn sticky_name(canary: &Canary) -> String {
+    format!("{}-sticky", canary.apex_name())
+}
+
+fn sticky_ref(canary: &Canary) -> BackendRef {
+    BackendRef {
+        group: Some(super::traefik::GROUP.into()),
+        kind: Some("TraefikService".into()),
+        name: sticky_name(canary),
+        ..Default::default()
+    }
+}
+
+/// Whether a generated route sends its traffic through the sticky TraefikService.
+pub fn uses_sticky(canary: &Canary, spec: &RouteSpec) -> bool {
+    let name = sticky_name(canary);
+    spec.rules.iter().any(|r| {
+        r.backend_refs
+            .iter()
+            .any(|b| b.kind.as_deref() == Some("TraefikService") && b.name == name)
+    })
+}
+
+/// The sticky TraefikService's spec: Traefik's weighted round robin with a sticky
+/// cookie named `sessionAffinity.cookieName`. A client keeps the backend that answered
+/// its first request while that backend is in the split; one whose backend left it
+/// (the canary after a promotion or rollback) is balanced again and its cookie is
+/// overwritten with the new backend's. Zero-weight backends are left out, as in routes.
+pub fn render_sticky_spec(
+    canary: &Canary,
+    routes: Routes,
+) -> Result<super::traefik::TraefikServiceSpec, RouterError> {
+    let sa = canary
+        .spec
+        .analysis
+        .as_ref()
+        .and_then(|a| a.session_affinity.as_ref())
+        .ok_or_else(|| {
+            RouterError::InvalidRoute("sticky mode needs analysis.sessionAffinity".into())
+        })?;
+    let (mut split, _) = super::traefik::render_specs(
+        canary,
+        Routes {
+            mirror: false,
+            mirror_weight: None,
+            ..routes
+        },
+    )?;
+    if sa.domain.is_some() || sa.path.is_some() || sa.partitioned == Some(true) {
+        tracing::warn!(
+            canary = canary.name_str(),
+            "sessionAffinity domain/path/partitioned are not written: Traefik's sticky cookie has none (Path=/)"
+        );
+    }
+    if let Some(w) = split.weighted.as_mut() {
+        w.sticky = Some(super::traefik::Sticky {
+            cookie: super::traefik::StickyCookie {
+                name: sa.cookie_name.clone(),
+                http_only: sa.http_only,
+                secure: sa.secure,
+                same_site: sa.same_site.clone(),
+                max_age: Some(sa.max_age.unwrap_or(DEFAULT_SESSION_COOKIE_MAX_AGE)),
+            },
+        });
+    }
+    Ok(split)
+}
+
+/// Every feature a route spec needs from its data plane.
+pub fn features_of(spec: &RouteSpec, kind: RouteKind) -> BTreeSet<Feature> {
+    let mut out = BTreeSet::new();
+    if kind == RouteKind::Grpc {
+        out.insert(Feature::GrpcRoute);
+    }
+    let filter_features = |f: &Filter, backend: bool, out: &mut BTreeSet<Feature>| {
+        let feature = match (f.r#type.as_str(), backend) {
+            ("RequestHeaderModifier", false) => Feature::RequestHeaderModifier,
+            ("RequestHeaderModifier", true) => Feature::BackendRequestHeaderModifier,
+            ("ResponseHeaderModifier", false) => Feature::ResponseHeaderModifier,
+            ("ResponseHeaderModifier", true) => Feature::BackendResponseHeaderModifier,
+            ("URLRewrite", _) => Feature::UrlRewrite,
+            ("RequestMirror", _) => {
+                if f.request_mirror
+                    .as_ref()
+                    .is_some_and(|m| m.percent.is_some())
+                {
+                    out.insert(Feature::MirrorPercent);
+                }
+                Feature::RequestMirror
+            }
+            _ => return,
+        };
+        out.insert(feature);
+    };
+    for rule in &spec.rules {
+        for m in &rule.matches {
+            if m.headers.iter().any(|h| h.r#type == "RegularExpression") {
+                out.insert(Feature::HeaderRegexMatch);
+            }
+            if m.path
+                .as_ref()
+                .is_some_and(|p| p.r#type == "RegularExpression")
+            {
+                out.insert(Feature::PathRegexMatch);
+            }
+            if !m.query_params.is_empty() {
+                out.insert(Feature::QueryParamMatch);
+            }
+            if m.method.is_some() && kind == RouteKind::Http {
+                out.insert(Feature::MethodMatch);
+            }
+        }
+        for f in &rule.filters {
+            filter_features(f, false, &mut out);
+        }
+        for b in &rule.backend_refs {
+            if b.kind.as_deref() == Some("TraefikService") {
+                out.insert(Feature::TraefikServiceBackend);
+            }
+            for f in &b.filters {
+                filter_features(f, true, &mut out);
+            }
+        }
+        if rule.timeouts.is_some() {
+            out.insert(Feature::RequestTimeout);
+        }
+    }
+    out
+}
+
+/// Which part of the Canary spec asks for `f`, for the refusal message.
+fn origin_of(canary: &Canary, f: Feature) -> String {
+    let svc = canary.spec.service.as_ref();
+    let analysis = canary.spec.analysis.as_ref();
+    let affinity = analysis.is_some_and(|a| a.session_affinity.is_some());
+    let ab = analysis
+        .and_then(|a| a.r#match.as_ref())
+        .is_some_and(|m| !m.is_empty());
+    let service_match = svc
+        .and_then(|s| s.r#match.as_ref())
+        .is_some_and(|m| !m.is_empty());
+    let from = match f {
+        Feature::HeaderRegexMatch if affinity && !ab => "analysis.sessionAffinity",
+        Feature::HeaderRegexMatch | Feature::QueryParamMatch if ab && !service_match => {
+            "analysis.match"
+        }
+        Feature::HeaderRegexMatch | Feature::QueryParamMatch if ab => {
+            "service.match or analysis.match"
+        }
+        Feature::HeaderRegexMatch
+        | Feature::QueryParamMatch
+        | Feature::PathRegexMatch
+        | Feature::MethodMatch => "service.match",
+        Feature::BackendResponseHeaderModifier | Feature::TraefikServiceBackend => {
+            "analysis.sessionAffinity"
+        }
+        Feature::RequestHeaderModifier | Feature::ResponseHeaderModifier => "service.headers",
+        Feature::BackendRequestHeaderModifier => "service.headers",
+        Feature::UrlRewrite => "service.rewrite",
+        Feature::RequestMirror => "analysis.mirror or service.mirror",
+        Feature::MirrorPercent => "analysis.mirrorWeight",
+        Feature::RequestTimeout => "service.timeout",
+        Feature::GrpcRoute => "service.appProtocol",
+    };
+    from.to_string()
+}
+
+/// Refuses a Canary whose routes need what `caps` lacks. Every split the release can
+/// write is checked (idle, a weighted step, a mirror step), so the refusal comes before
+/// the first write, not in the middle of a release.
+pub fn check_release(
+    canary: &Canary,
+    opts: RenderOptions,
+    caps: &Capabilities,
+) -> Result<(), RouterError> {
+    let mut needed = BTreeSet::new();
+    let analysis = canary.spec.analysis.as_ref();
+    let mut splits = vec![Routes::PRIMARY, Routes::weighted(50)];
+    if analysis.and_then(|a| a.mirror) == Some(true) {
+        splits.push(Routes {
+            mirror: true,
+            mirror_weight: analysis.and_then(|a| a.mirror_weight),
+            ..Routes::PRIMARY
+        });
+    }
+    for routes in splits {
+        needed.extend(features_of(
+            &render_route_spec(canary, routes, opts)?,
+            opts.kind,
+        ));
+    }
+    check_features(canary, &needed, caps)
+}
+
+fn check_features(
+    canary: &Canary,
+    needed: &BTreeSet<Feature>,
+    caps: &Capabilities,
+) -> Result<(), RouterError> {
+    match caps.missing(needed).first() {
+        None => Ok(()),
+        Some(f) => Err(RouterError::Unsupported {
+            feature: f.name(),
+            what: f.describe(),
+            origin: origin_of(canary, *f),
+            implementation: caps.implementation.clone(),
+        }),
+    }
+}
+
+/// How to render for `caps`: session affinity uses the regex scheme where the data
+/// plane has regex header matches and backend Set-Cookie filters, else a sticky
+/// TraefikService where the data plane takes TraefikService backendRefs and the
+/// cluster serves them; otherwise the regex scheme, which `check_release` refuses.
+pub fn plan(
+    canary: &Canary,
+    mut opts: RenderOptions,
+    caps: &Capabilities,
+    traefik_served: bool,
+) -> RenderOptions {
+    let analysis = canary.spec.analysis.as_ref();
+    let affinity = analysis.is_some_and(|a| a.session_affinity.is_some());
+    let ab = analysis
+        .and_then(|a| a.r#match.as_ref())
+        .is_some_and(|m| !m.is_empty());
+    let regex_ok = caps.supports(Feature::HeaderRegexMatch)
+        && caps.supports(Feature::BackendResponseHeaderModifier);
+    opts.sticky = affinity
+        && !ab
+        && !regex_ok
+        && traefik_served
+        && caps.supports(Feature::TraefikServiceBackend);
+    opts
 }
 
 /// Reads the split back from a generated route: the first rule that carries both the
@@ -931,6 +1178,26 @@ pub fn route_status(route: &Value) -> RouteStatus {
             let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
             return RouteStatus::NotAccepted(format!("parent {parent}: {reason}: {msg}"));
         }
+        // Accepted with a backendRef it cannot resolve still serves nothing there.
+        let resolved = p
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("ResolvedRefs"));
+        if let Some(r) = resolved {
+            let stale = matches!(
+                (r.get("observedGeneration").and_then(Value::as_i64), generation),
+                (Some(o), Some(g)) if o < g
+            );
+            if !stale && r.get("status").and_then(Value::as_str) == Some("False") {
+                let reason = r.get("reason").and_then(Value::as_str).unwrap_or("");
+                let msg = r.get("message").and_then(Value::as_str).unwrap_or("");
+                return RouteStatus::NotAccepted(format!(
+                    "parent {parent}: ResolvedRefs {reason}: {msg}"
+                ));
+            }
+        }
     }
     RouteStatus::Accepted
 }
@@ -1060,7 +1327,168 @@ impl GatewayApiRouter {
             mirror_percent: self.apis.gateway_mirror_percent,
             timeouts: self.apis.gateway_timeouts,
             linkerd: self.linkerd,
+            sticky: false,
         }
+    }
+
+    /// What the data planes of `parents` serve (all of them, for a route attached to
+    /// several). A Gateway is read for its class, the GatewayClass for its controller,
+    /// published features and override annotation. A parent that cannot be read (403,
+    /// or not found: `check_parents` reports that) is not held against the route.
+    async fn capabilities(
+        &self,
+        canary: &Canary,
+        parents: &[ParentReference],
+    ) -> Result<Capabilities, RouterError> {
+        let ns = canary.namespace_or_default();
+        let gw_version = match self.apis.httproute_version.as_deref() {
+            Some("v1beta1") => "v1beta1",
+            _ => "v1",
+        };
+        let mut out: Option<Capabilities> = None;
+        for p in parents {
+            let kind = p.kind.clone().unwrap_or_else(|| "Gateway".into());
+            let caps = match (kind.as_str(), p.group.as_deref()) {
+                ("Gateway", None | Some(GROUP)) => {
+                    let pns = p.namespace.clone().unwrap_or_else(|| ns.clone());
+                    let gw_ar = api_resource(GROUP, gw_version, "Gateway", "gateways");
+                    let Some(gw) = self.read_opt(&gw_ar, Some(&pns), &p.name).await? else {
+                        continue;
+                    };
+                    let class = gw
+                        .data
+                        .pointer("/spec/gatewayClassName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let gc_ar = api_resource(GROUP, gw_version, "GatewayClass", "gatewayclasses");
+                    let Some(gc) = self.read_opt(&gc_ar, None, &class).await? else {
+                        continue;
+                    };
+                    let v = serde_json::to_value(&gc).map_err(|source| RouterError::Serde {
+                        context: format!("read GatewayClass {class}"),
+                        source,
+                    })?;
+                    Capabilities::from_gateway_class(&v, &self.apis.gateway_features)
+                        .map_err(RouterError::InvalidRoute)?
+                }
+                // GAMMA: the mesh serves the route.
+                ("Service", _) if self.linkerd => {
+                    Capabilities::for_controller(super::capabilities::LINKERD)
+                }
+                _ => continue,
+            };
+            out = Some(match out {
+                Some(prev) => prev.intersect(&caps),
+                None => caps,
+            });
+        }
+        Ok(out.unwrap_or_else(|| {
+            if self.linkerd {
+                Capabilities::for_controller(super::capabilities::LINKERD)
+            } else {
+                Capabilities::all("an unidentified Gateway API implementation")
+            }
+        }))
+    }
+
+    async fn read_opt(
+        &self,
+        ar: &kube::api::ApiResource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<kube::api::DynamicObject>, RouterError> {
+        let api: kube::Api<kube::api::DynamicObject> = match ns {
+            Some(ns) => apply::dyn_api(&self.client, ar, ns),
+            None => kube::Api::all_with(self.client.clone(), ar),
+        };
+        match api.get_opt(name).await {
+            Ok(o) => Ok(o),
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::warn!(kind = %ar.kind, %name, "cannot read, capabilities not known: {}", e.message);
+                Ok(None)
+            }
+            Err(source) => Err(RouterError::Kube {
+                context: format!("get {} {name}", ar.kind),
+                source,
+            }),
+        }
+    }
+
+    /// Render options for a generated route on this Canary's data plane, after
+    /// refusing a Canary whose release needs what the data plane lacks.
+    async fn checked_options(
+        &self,
+        canary: &Canary,
+        kind: RouteKind,
+    ) -> Result<RenderOptions, RouterError> {
+        let parents = parent_refs(canary, self.linkerd)?;
+        let caps = self.capabilities(canary, &parents).await?;
+        let opts = plan(canary, self.options(kind), &caps, self.apis.traefik);
+        check_release(canary, opts, &caps)?;
+        Ok(opts)
+    }
+
+    /// A user-owned route gets only backendRefs and, for mirror steps, a RequestMirror
+    /// filter: refused when its data plane has no mirroring.
+    async fn check_user_route(
+        &self,
+        canary: &Canary,
+        live: &kube::api::DynamicObject,
+    ) -> Result<(), RouterError> {
+        let mirror = canary.spec.analysis.as_ref().and_then(|a| a.mirror) == Some(true);
+        if !mirror {
+            return Ok(());
+        }
+        let parents: Vec<ParentReference> = live
+            .data
+            .pointer("/spec/parentRefs")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let caps = self.capabilities(canary, &parents).await?;
+        check_features(canary, &BTreeSet::from([Feature::RequestMirror]), &caps)
+    }
+
+    async fn sticky_live(
+        &self,
+        canary: &Canary,
+    ) -> Result<Option<super::traefik::TraefikServiceSpec>, RouterError> {
+        let ar = sticky_resource();
+        let ns = canary.namespace_or_default();
+        let name = sticky_name(canary);
+        let Some(live) =
+            apply::get_opt(&apply::dyn_api(&self.client, &ar, &ns), &ar, &ns, &name).await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
+            .map(Some)
+            .map_err(|source| RouterError::Serde {
+                context: format!("read TraefikService {ns}/{name}"),
+                source,
+            })
+    }
+
+    /// The split of a generated route, read from the sticky TraefikService when the
+    /// route points at it.
+    async fn routes_of_live(
+        &self,
+        canary: &Canary,
+        spec: &RouteSpec,
+    ) -> Result<Routes, RouterError> {
+        if uses_sticky(canary, spec) {
+            let ts = self
+                .sticky_live(canary)
+                .await?
+                .ok_or_else(|| RouterError::NotFound {
+                    kind: "TraefikService".into(),
+                    namespace: canary.namespace_or_default(),
+                    name: sticky_name(canary),
+                })?;
+            return super::traefik::routes_of(canary, &ts, None);
+        }
+        routes_of_spec(canary, spec)
     }
 
     /// Fails with `NotFound` when a parentRef names a Gateway (or a Service, for GAMMA)
@@ -1167,6 +1595,9 @@ impl GatewayApiRouter {
             let ar = self.resource(kind, version)?;
             Self::refuse_user_route_features(canary)?;
             let live = self.live_required(canary, &ar, &name).await?;
+            if !finalize {
+                self.check_user_route(canary, &live).await?;
+            }
             let rules = live
                 .data
                 .pointer("/spec/rules")
@@ -1208,22 +1639,75 @@ impl GatewayApiRouter {
             apply::patch_user_object(&self.client, &ar, &live, &[("/spec/rules", rules)]).await?;
             return Ok(());
         }
+        let opts = self.checked_options(canary, kind).await?;
         let routes = match routes {
             Some(r) => r,
             None => match self.live(canary, &ar, &name).await? {
-                Some(live) => serde_json::from_value::<RouteSpec>(
+                Some(live) => match serde_json::from_value::<RouteSpec>(
                     live.data.get("spec").cloned().unwrap_or_default(),
-                )
-                .ok()
-                .and_then(|s| routes_of_spec(canary, &s).ok())
-                .unwrap_or(Routes::PRIMARY),
+                ) {
+                    Ok(s) => self
+                        .routes_of_live(canary, &s)
+                        .await
+                        .unwrap_or(Routes::PRIMARY),
+                    Err(_) => Routes::PRIMARY,
+                },
                 None => Routes::PRIMARY,
             },
         };
-        let obj = render_route(canary, routes, self.options(kind), &ar)?;
+        if opts.sticky {
+            // The TraefikService must exist before the route points at it: a route to
+            // a missing service is one Traefik cannot serve.
+            let ts = render_sticky_spec(canary, routes)?;
+            let ts_ar = sticky_resource();
+            let v = serde_json::to_value(&ts).map_err(|source| RouterError::Serde {
+                context: format!("render TraefikService {}", sticky_name(canary)),
+                source,
+            })?;
+            let custom = canary.spec.service.as_ref().and_then(|s| s.apex.as_ref());
+            let obj = generated_object(
+                canary,
+                &ts_ar,
+                &sticky_name(canary),
+                custom,
+                json!({ "spec": v }),
+            );
+            if apply::ensure(&self.client, &ts_ar, obj, &["/spec"]).await?
+                == apply::Applied::Created
+            {
+                // Traefik's CRD and Gateway providers load independently (each with
+                // a 1 s throttle): a route switched to a TraefikService the CRD side
+                // has not loaded yet answers "service does not exist" meanwhile.
+                tokio::time::sleep(STICKY_SETTLE).await;
+            }
+        }
+        let mut spec = render_route_spec(canary, routes, opts)?;
+        if routes.canary == 0 && !routes.mirror {
+            let confirmed = match self.live(canary, &ar, &name).await? {
+                Some(live) => {
+                    confirmed_spec(&live).and_then(|v| serde_json::from_value::<RouteSpec>(v).ok())
+                }
+                None => None,
+            };
+            spec = safe_primary_spec(canary, spec, opts, confirmed.as_ref())?;
+        }
+        let obj = route_object(canary, spec, opts, &ar)?;
         apply::ensure(&self.client, &ar, obj, &["/spec"]).await?;
         Ok(())
     }
+}
+
+/// How long a new sticky TraefikService is given to reach Traefik before a route
+/// points at it.
+const STICKY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn sticky_resource() -> kube::api::ApiResource {
+    api_resource(
+        super::traefik::GROUP,
+        super::traefik::VERSION,
+        "TraefikService",
+        "traefikservices",
+    )
 }
 
 /// Finalize of a generated route: every rule sends everything to the apex Service (no
@@ -1246,7 +1730,15 @@ pub fn render_route(
     opts: RenderOptions,
     ar: &kube::api::ApiResource,
 ) -> Result<kube::api::DynamicObject, RouterError> {
-    let spec = render_route_spec(canary, routes, opts)?;
+    route_object(canary, render_route_spec(canary, routes, opts)?, opts, ar)
+}
+
+fn route_object(
+    canary: &Canary,
+    spec: RouteSpec,
+    opts: RenderOptions,
+    ar: &kube::api::ApiResource,
+) -> Result<kube::api::DynamicObject, RouterError> {
     let spec = serde_json::to_value(spec).map_err(|source| RouterError::Serde {
         context: format!("render {} {}", opts.kind.kind(), canary.apex_name()),
         source,
@@ -1259,6 +1751,56 @@ pub fn render_route(
         custom,
         json!({ "spec": spec }),
     ))
+}
+
+/// Annotations on a generated route recording the spec the data plane last confirmed
+/// and at which generation, so that an unconfirmed write can be undone exactly.
+pub const CONFIRMED_SPEC_ANNOTATION: &str = "serin.dev/confirmed-spec";
+pub const CONFIRMED_GENERATION_ANNOTATION: &str = "serin.dev/confirmed-generation";
+
+/// The last confirmed spec recorded on a live route.
+pub fn confirmed_spec(live: &kube::api::DynamicObject) -> Option<Value> {
+    live.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIRMED_SPEC_ANNOTATION))
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// Rollback and finalization must not need anything the data plane has not already
+/// served: a primary-only route needing a feature the last confirmed spec did not
+/// use (the regex cookie-expiry rule, say) is written without session affinity
+/// rules, and if even that needs more, the last confirmed spec is kept.
+pub fn safe_primary_spec(
+    canary: &Canary,
+    rendered: RouteSpec,
+    opts: RenderOptions,
+    confirmed: Option<&RouteSpec>,
+) -> Result<RouteSpec, RouterError> {
+    let Some(confirmed) = confirmed else {
+        return Ok(rendered);
+    };
+    let allowed = features_of(confirmed, opts.kind);
+    if features_of(&rendered, opts.kind).is_subset(&allowed) {
+        return Ok(rendered);
+    }
+    let mut plain = canary.clone();
+    if let Some(a) = plain.spec.analysis.as_mut() {
+        a.session_affinity = None;
+    }
+    let spec = render_route_spec(
+        &plain,
+        Routes::PRIMARY,
+        RenderOptions {
+            sticky: false,
+            ..opts
+        },
+    )?;
+    if features_of(&spec, opts.kind).is_subset(&allowed) {
+        Ok(spec)
+    } else {
+        Ok(confirmed.clone())
+    }
 }
 
 impl Router for GatewayApiRouter {
@@ -1281,9 +1823,11 @@ impl Router for GatewayApiRouter {
                 let live = self.live_required(canary, &ar, &name).await?;
                 let rules = live.data.pointer("/spec/rules").unwrap_or(&Value::Null);
                 edit_user_rules(canary, rules, Some(Routes::PRIMARY))?;
+                self.check_user_route(canary, &live).await?;
             } else {
                 render_route_spec(canary, Routes::PRIMARY, self.options(kind))?;
                 self.check_parents(canary).await?;
+                self.checked_options(canary, kind).await?;
             }
             self.k8s.reconcile_services(canary, inputs).await?;
             self.write(canary, None, false).await
@@ -1326,7 +1870,7 @@ impl Router for GatewayApiRouter {
                         context: format!("read {} {}", ar.kind, canary.apex_name()),
                         source,
                     })?;
-            routes_of_spec(canary, &spec)
+            self.routes_of_live(canary, &spec).await
         })
     }
 
@@ -1354,6 +1898,152 @@ impl Router for GatewayApiRouter {
             self.write(canary, None, true).await
         })
     }
+
+    fn written<'a>(
+        &'a self,
+        canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<Option<super::Written>, RouterError>> {
+        Box::pin(async move {
+            // A user-owned route is not annotated by Serin, so it is not confirmed.
+            if Self::user_route(canary)?.is_some() {
+                return Ok(None);
+            }
+            let kind = Self::route_kind(canary)?;
+            let ar = self.resource(kind, None)?;
+            let Some(live) = self.live(canary, &ar, &canary.apex_name()).await? else {
+                return Ok(None);
+            };
+            let confirmed_generation = live
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIRMED_GENERATION_ANNOTATION))
+                .and_then(|g| g.parse().ok());
+            let host = live
+                .data
+                .pointer("/spec/hostnames/0")
+                .and_then(Value::as_str)
+                .filter(|h| !h.contains('*'))
+                .map(str::to_string);
+            let path = live
+                .data
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    r.get("matches")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .find_map(|m| {
+                    let p = m.get("path")?;
+                    matches!(
+                        p.get("type").and_then(Value::as_str),
+                        Some("PathPrefix" | "Exact")
+                    )
+                    .then(|| p.get("value").and_then(Value::as_str))
+                    .flatten()
+                    .map(str::to_string)
+                })
+                .unwrap_or_else(|| "/".into());
+            Ok(Some(super::Written {
+                kind: ar.kind.clone(),
+                name: canary.apex_name(),
+                generation: live.metadata.generation,
+                confirmed_generation,
+                host,
+                path,
+            }))
+        })
+    }
+
+    fn mark_confirmed<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async move {
+            if Self::user_route(canary)?.is_some() {
+                return Ok(());
+            }
+            let ar = self.resource(Self::route_kind(canary)?, None)?;
+            let name = canary.apex_name();
+            let Some(live) = self.live(canary, &ar, &name).await? else {
+                return Ok(());
+            };
+            let spec = live.data.get("spec").cloned().unwrap_or_default();
+            let generation = live.metadata.generation.unwrap_or_default().to_string();
+            let text = serde_json::to_string(&spec).map_err(|source| RouterError::Serde {
+                context: format!("record confirmed {} {name}", ar.kind),
+                source,
+            })?;
+            let ann = live.metadata.annotations.clone().unwrap_or_default();
+            if ann.get(CONFIRMED_GENERATION_ANNOTATION) == Some(&generation)
+                && ann.get(CONFIRMED_SPEC_ANNOTATION) == Some(&text)
+            {
+                return Ok(());
+            }
+            let patch = json!({"metadata": {
+                "resourceVersion": live.metadata.resource_version,
+                "annotations": {
+                    CONFIRMED_SPEC_ANNOTATION: text,
+                    CONFIRMED_GENERATION_ANNOTATION: generation,
+                }
+            }});
+            let ns = canary.namespace_or_default();
+            apply::dyn_api(&self.client, &ar, &ns)
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|source| RouterError::Kube {
+                    context: format!("record confirmed {} {ns}/{name}", ar.kind),
+                    source,
+                })?;
+            Ok(())
+        })
+    }
+
+    fn restore_confirmed<'a>(
+        &'a self,
+        canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<bool, RouterError>> {
+        Box::pin(async move {
+            if Self::user_route(canary)?.is_some() {
+                return Ok(false);
+            }
+            let ar = self.resource(Self::route_kind(canary)?, None)?;
+            let name = canary.apex_name();
+            let Some(live) = self.live(canary, &ar, &name).await? else {
+                return Ok(false);
+            };
+            let Some(confirmed) = confirmed_spec(&live) else {
+                return Ok(false);
+            };
+            let have = live.data.get("spec").cloned().unwrap_or_default();
+            if have == confirmed {
+                return Ok(false);
+            }
+            // Exactly the confirmed spec: keys it lacks are removed, arrays replaced.
+            let patch = json!({
+                "metadata": {"resourceVersion": live.metadata.resource_version},
+                "spec": apply::merge_diff(&have, &confirmed),
+            });
+            let ns = canary.namespace_or_default();
+            apply::dyn_api(&self.client, &ar, &ns)
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|source| RouterError::Kube {
+                    context: format!("restore confirmed {} {ns}/{name}", ar.kind),
+                    source,
+                })?;
+            Ok(true)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1372,6 +2062,7 @@ mod tests {
             mirror_percent: true,
             timeouts: true,
             linkerd: false,
+            sticky: false,
         }
     }
 
@@ -1707,6 +2398,161 @@ mod tests {
             "serin-cookie=abc; Max-Age=-1"
         );
         assert_eq!(routes_of_spec(&c, &done).unwrap(), Routes::PRIMARY);
+    }
+
+    fn affinity_canary() -> Canary {
+        let mut c = canary();
+        c.spec.analysis = Some(CanaryAnalysis {
+            session_affinity: Some(SessionAffinity {
+                cookie_name: "flagger-cookie".into(),
+                max_age: Some(120),
+                http_only: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    }
+
+    fn traefik() -> Capabilities {
+        Capabilities::for_controller("traefik.io/gateway-controller")
+    }
+
+    #[test]
+    fn the_regex_affinity_scheme_is_refused_on_traefik_3_0_naming_feature_and_implementation() {
+        let c = affinity_canary();
+        // Without the TraefikService API there is no scheme Traefik can serve.
+        let o = plan(&c, opts(), &traefik(), false);
+        assert!(!o.sticky);
+        let err = check_release(&c, o, &traefik()).unwrap_err();
+        assert_eq!(err.reason(), "UnsupportedFeature");
+        let msg = err.to_string();
+        for part in [
+            "HTTPRouteHeaderRegexMatch",
+            "analysis.sessionAffinity",
+            "Traefik 3.0",
+            "traefik.io/gateway-controller",
+            "not written",
+        ] {
+            assert!(msg.contains(part), "{part} missing from: {msg}");
+        }
+        // Where regex matches and backend filters exist, the regex scheme stays.
+        let istio = Capabilities::for_controller("istio.io/gateway-controller");
+        let o = plan(&c, opts(), &istio, true);
+        assert!(!o.sticky);
+        check_release(&c, o, &istio).unwrap();
+    }
+
+    #[test]
+    fn affinity_on_traefik_goes_through_a_sticky_traefik_service() {
+        let c = affinity_canary();
+        let o = plan(&c, opts(), &traefik(), true);
+        assert!(o.sticky);
+        check_release(&c, o, &traefik()).unwrap();
+        for routes in [Routes::PRIMARY, Routes::weighted(10), Routes::weighted(50)] {
+            let spec = render_route_spec(&c, routes, o).unwrap();
+            let v = serde_json::to_value(&spec).unwrap();
+            // One rule, no regex, no filters: only what Traefik 3.0 serves.
+            assert_eq!(spec.rules.len(), 1, "{v}");
+            assert_eq!(
+                v["rules"][0]["backendRefs"],
+                json!([{"group": "traefik.io", "kind": "TraefikService", "name": "podinfo-sticky"}])
+            );
+            assert!(uses_sticky(&c, &spec));
+            assert_eq!(
+                features_of(&spec, RouteKind::Http),
+                BTreeSet::from([Feature::TraefikServiceBackend])
+            );
+            let ts = render_sticky_spec(&c, routes).unwrap();
+            assert_eq!(
+                crate::router::traefik::routes_of(&c, &ts, None).unwrap(),
+                routes
+            );
+            let tv = serde_json::to_value(&ts).unwrap();
+            assert_eq!(
+                tv["weighted"]["sticky"],
+                json!({"cookie": {"name": "flagger-cookie", "httpOnly": true, "maxAge": 120}})
+            );
+        }
+        // After the run the canary leaves the split: its cookie no longer matches a
+        // backend, so its clients land on the primary.
+        let idle = serde_json::to_value(render_sticky_spec(&c, Routes::PRIMARY).unwrap()).unwrap();
+        assert_eq!(
+            idle["weighted"]["services"],
+            json!([{"name": "podinfo-primary", "kind": "Service", "port": 9898, "weight": 100}])
+        );
+    }
+
+    #[test]
+    fn rollback_writes_only_features_already_confirmed() {
+        let c = affinity_canary();
+        // What Traefik last confirmed: the plain split, before affinity was asked for.
+        let confirmed = render_route_spec(&canary(), Routes::weighted(10), opts()).unwrap();
+        let regex_primary = render_route_spec(&c, Routes::PRIMARY, opts()).unwrap();
+        assert!(features_of(&regex_primary, RouteKind::Http).contains(&Feature::HeaderRegexMatch));
+        let safe = safe_primary_spec(&c, regex_primary.clone(), opts(), Some(&confirmed)).unwrap();
+        assert!(
+            features_of(&safe, RouteKind::Http)
+                .is_subset(&features_of(&confirmed, RouteKind::Http)),
+            "{safe:?}"
+        );
+        assert_eq!(routes_of_spec(&c, &safe).unwrap(), Routes::PRIMARY);
+        // Once the regex scheme has been confirmed, its cookie-expiry rule is kept.
+        let same =
+            safe_primary_spec(&c, regex_primary.clone(), opts(), Some(&regex_primary)).unwrap();
+        assert_eq!(same, regex_primary);
+        // Nothing confirmed yet: as rendered (the capability check already passed).
+        assert_eq!(
+            safe_primary_spec(&c, regex_primary.clone(), opts(), None).unwrap(),
+            regex_primary
+        );
+    }
+
+    #[test]
+    fn features_of_routes_name_every_extra() {
+        let mut c = canary();
+        let svc = c.spec.service.as_mut().unwrap();
+        svc.headers = Some(HeaderOperations {
+            response: Some(HeaderOperation {
+                set: Some([("x".to_string(), "y".to_string())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        svc.timeout = Some("5s".into());
+        c.spec.analysis = Some(CanaryAnalysis {
+            mirror: Some(true),
+            mirror_weight: Some(20),
+            ..Default::default()
+        });
+        let err = check_release(&c, opts(), &traefik())
+            .unwrap_err()
+            .to_string();
+        // The first missing feature in a stable order, and where it comes from.
+        assert!(err.contains("HTTPRouteResponseHeaderModification"), "{err}");
+        assert!(err.contains("service.headers"), "{err}");
+        let mirror = render_route_spec(
+            &c,
+            Routes {
+                mirror: true,
+                mirror_weight: Some(20),
+                ..Routes::PRIMARY
+            },
+            opts(),
+        )
+        .unwrap();
+        let f = features_of(&mirror, RouteKind::Http);
+        for want in [
+            Feature::ResponseHeaderModifier,
+            Feature::RequestTimeout,
+            Feature::RequestMirror,
+            Feature::MirrorPercent,
+        ] {
+            assert!(f.contains(&want), "{want:?} in {f:?}");
+        }
+        assert!(!f.contains(&Feature::HeaderRegexMatch));
+        // A plain canary needs nothing beyond core: Traefik 3.0 takes it.
+        check_release(&canary(), opts(), &traefik()).unwrap();
     }
 
     #[test]

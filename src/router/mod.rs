@@ -34,6 +34,7 @@ use crate::crd::{
 };
 
 pub mod apply;
+pub mod capabilities;
 pub mod gatewayapi;
 pub mod istio;
 pub mod kubernetes;
@@ -135,6 +136,17 @@ pub enum RouterError {
     },
     #[error("invalid route: {0}")]
     InvalidRoute(String),
+    /// The route would need a feature the data plane lacks: it is not written, so
+    /// the data plane keeps serving the last route it accepted.
+    #[error(
+        "{feature} ({what}, from {origin}) is not supported by {implementation}: the route was not written"
+    )]
+    Unsupported {
+        feature: &'static str,
+        what: &'static str,
+        origin: String,
+        implementation: String,
+    },
     #[error("invalid weights primary={primary} canary={canary}: each 0..=100, summing to 100")]
     InvalidWeights { primary: u32, canary: u32 },
     #[error("{context}: {source}")]
@@ -158,6 +170,7 @@ impl RouterError {
             RouterError::MissingCrd { .. } => "RouterCrdMissing",
             RouterError::NotFound { .. } => "RouteReferenceNotFound",
             RouterError::InvalidRoute(_) => "InvalidRoute",
+            RouterError::Unsupported { .. } => "UnsupportedFeature",
             RouterError::InvalidWeights { .. } => "InvalidWeights",
             RouterError::Kube { .. } | RouterError::Serde { .. } => "RouterError",
         }
@@ -189,6 +202,43 @@ pub trait Router: Send + Sync {
     /// On Canary deletion with `revertOnDeletion`: route everything back to the
     /// target's own pods and remove what only Serin needed.
     fn finalize<'a>(&'a self, canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>>;
+
+    /// The routing object as written, for confirming it on the data plane; `None`
+    /// from routers that do not confirm their writes (the default).
+    fn written<'a>(
+        &'a self,
+        _canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<Option<Written>, RouterError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Records the live routing object as the last one the data plane confirmed.
+    fn mark_confirmed<'a>(&'a self, _canary: &'a Canary) -> BoxFuture<'a, Result<(), RouterError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Writes back the last confirmed routing object exactly; `false` when there is
+    /// none (or it is what is live already).
+    fn restore_confirmed<'a>(
+        &'a self,
+        _canary: &'a Canary,
+    ) -> BoxFuture<'a, Result<bool, RouterError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A written routing object, for confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub kind: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// The generation last confirmed on the data plane.
+    pub confirmed_generation: Option<i64>,
+    /// A hostname the route serves, for a probe request through the gateway.
+    pub host: Option<String>,
+    /// A path the route serves (its first PathPrefix/Exact match, else `/`).
+    pub path: String,
 }
 
 /// Which routing API versions this cluster serves, found by discovery at start-up.
@@ -210,6 +260,9 @@ pub struct RoutingApis {
     /// Whether the installed HTTPRoute schema has `rules[].timeouts` (standard channel
     /// >= 1.2, experimental before); without it `service.timeout` is not written.
     pub gateway_timeouts: bool,
+    /// `--gateway-features`: per GatewayClass controllerName, the complete feature
+    /// list, over the built-in table (see [`capabilities`]).
+    pub gateway_features: BTreeMap<String, std::collections::BTreeSet<capabilities::Feature>>,
 }
 
 impl RoutingApis {
@@ -225,6 +278,7 @@ impl RoutingApis {
             istio_version: Some("v1beta1".into()),
             gateway_mirror_percent: true,
             gateway_timeouts: true,
+            gateway_features: BTreeMap::new(),
         }
     }
 }

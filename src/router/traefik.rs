@@ -39,6 +39,30 @@ pub struct TraefikServiceSpec {
 pub struct Weighted {
     #[serde(default)]
     pub services: Vec<WeightedService>,
+    /// Sticky sessions: Traefik sets the cookie to the chosen service and sends the
+    /// requests carrying it to that service while it is in the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Sticky {
+    pub cookie: StickyCookie,
+}
+
+/// Traefik 3.0's sticky cookie has no path or domain (it always sets `Path=/`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StickyCookie {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -74,7 +98,7 @@ pub struct MirrorService {
     pub percent: Option<u32>,
 }
 
-fn weighted_service(name: &str, port: i32, weight: u32) -> WeightedService {
+pub(crate) fn weighted_service(name: &str, port: i32, weight: u32) -> WeightedService {
     WeightedService {
         name: name.into(),
         kind: Some("Service".into()),
@@ -108,6 +132,7 @@ pub fn render_specs(
             .into_iter()
             .filter(|s| s.weight != Some(0) || both_zero)
             .collect(),
+            sticky: None,
         }),
         mirroring: None,
     };
@@ -208,6 +233,7 @@ pub fn finalized_spec(canary: &Canary) -> Result<TraefikServiceSpec, RouterError
     Ok(TraefikServiceSpec {
         weighted: Some(Weighted {
             services: vec![weighted_service(&canary.apex_name(), port, 100)],
+            sticky: None,
         }),
         mirroring: None,
     })
@@ -459,7 +485,10 @@ mod tests {
             assert_eq!(routes_of(&canary(), &apex, None).unwrap(), routes);
         }
         let empty = TraefikServiceSpec {
-            weighted: Some(Weighted { services: vec![] }),
+            weighted: Some(Weighted {
+                services: vec![],
+                sticky: None,
+            }),
             mirroring: None,
         };
         assert!(routes_of(&canary(), &empty, None).is_err());

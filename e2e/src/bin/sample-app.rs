@@ -257,6 +257,15 @@ async fn main() {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        // What a preStop sleep does in production: the pod's endpoint is withdrawn as
+        // it terminates, but the data plane learns that a moment later (Traefik: a
+        // watch plus a 1 s throttle); until then requests still arrive and must be
+        // answered. Within the simulator's 5 s grace cap.
+        let delay = std::env::var("SHUTDOWN_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000u64);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -53,6 +53,7 @@ fn obs(checksum: &str) -> Observations {
         webhook_types: BTreeSet::new(),
         has_metrics: true,
         checks: CheckResults::default(),
+        route_rejected: None,
     }
 }
 
@@ -217,6 +218,48 @@ fn transition_table() {
             phase: Phase::Progressing,
             actions: vec![Action::SetRoutes(Routes::weighted(10))],
             weight: 10,
+        },
+        Row {
+            name: "an unconfirmed route mid-analysis fails the release, routes to the primary",
+            settings: s.clone(),
+            status: progressing(10, 0),
+            obs: Observations {
+                route_rejected: Some("probe answered 404 for 10s".into()),
+                ..obs("v2")
+            },
+            now: t0() + secs(1),
+            phase: Phase::Failed,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+        },
+        Row {
+            name: "an unconfirmed route while waiting for promotion fails the release too",
+            settings: s.clone(),
+            status: CanaryStatus {
+                phase: Some(Phase::WaitingPromotion),
+                ..progressing(30, 0)
+            },
+            obs: Observations {
+                route_rejected: Some("not accepted".into()),
+                ..obs("v2")
+            },
+            now: t0() + secs(1),
+            phase: Phase::Failed,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+        },
+        Row {
+            name: "an unconfirmed route outside a release keeps the phase and writes nothing",
+            settings: s.clone(),
+            status: status(Phase::Succeeded, "v1"),
+            obs: Observations {
+                route_rejected: Some("not accepted".into()),
+                ..obs("v2")
+            },
+            now: t0(),
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
         },
         Row {
             name: "not due yet: hold",
@@ -982,4 +1025,49 @@ fn crashing_canary_never_gets_traffic_and_fails_at_the_deadline() {
         "failed after {took}s, deadline 60s"
     );
     assert_eq!(world.primary_revision.as_deref(), Some("v1"));
+}
+
+#[test]
+fn an_unconfirmed_route_is_reported_with_its_reason_and_alerted() {
+    let s = settings(canary_strategy());
+    let st = CanaryStatus {
+        canary_weight: 20,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let o = Observations {
+        route_rejected: Some("HTTPRoute podinfo answered 404 through the gateway".into()),
+        ..obs("v2")
+    };
+    let d = decided(&s, &st, &o, t0() + secs(1));
+    assert_eq!(d.status.canary_weight, 0);
+    let failed = d
+        .events
+        .iter()
+        .find(|e| e.reason == "Failed")
+        .expect("a Failed event");
+    assert!(failed.alert, "the alert hears of it");
+    assert!(
+        failed.message.contains("not confirmed") && failed.message.contains("404"),
+        "{}",
+        failed.message
+    );
+    // No analysis ran: the decision came from the route alone.
+    assert!(matches!(
+        step(&s, &st, &o, t0() + secs(1)),
+        Step::Decided(_)
+    ));
+    // Outside a release: an Error event with an alert, the phase kept.
+    let idle = decided(
+        &s,
+        &status(Phase::Succeeded, "v1"),
+        &Observations { ..o.clone() },
+        t0(),
+    );
+    let e = idle
+        .events
+        .iter()
+        .find(|e| e.reason == "RouteNotConfirmed")
+        .expect("event");
+    assert!(e.alert && e.severity == Severity::Error);
 }
