@@ -1,4 +1,4 @@
-.PHONY: demo test crds
+.PHONY: demo test crds image
 
 # Local end-to-end demo on the local cluster (needs root; first run builds Kubernetes).
 demo:
@@ -11,3 +11,7 @@ test:
 # Regenerate crds/ from the Rust types.
 crds:
 	cargo run -q -- crds > crds/serin.yaml
+
+# Container image serin:<version> and an OCI archive, with buildah (no Docker daemon).
+image:
+	scripts/image.sh

@@ -35,7 +35,8 @@ CM_PORT=${SERIN_E2E_CM_PORT:-10257}
 GATEWAY_PORT=${SERIN_E2E_GATEWAY_PORT:-8000}
 GATEWAY_ADDR=127.0.0.1:$GATEWAY_PORT
 TRAEFIK_METRICS_ADDR=127.0.0.1:${SERIN_E2E_TRAEFIK_METRICS_PORT:-8082}
-PROM_ADDR=127.0.0.1:${SERIN_E2E_PROMETHEUS_PORT:-9090}
+PROM_PORT=${SERIN_E2E_PROMETHEUS_PORT:-9090}
+PROM_ADDR=127.0.0.1:$PROM_PORT
 OPERATOR_METRICS_ADDR=127.0.0.1:${SERIN_E2E_OPERATOR_METRICS_PORT:-9091}
 
 # Components in start order; down stops them in reverse.
@@ -71,7 +72,13 @@ alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(signature "$1")"
 }
 
-port_free() { [[ -z $(ss -Hltn "sport = :${1##*:}" 2>/dev/null) ]]; }
+# ADDR (host:port) is free unless something listens on that host or on every
+# address: the simulator's relays listen on the bridge address with the same ports.
+port_free() {
+  local host=${1%:*} port=${1##*:} listening
+  listening=$(ss -Hltn "sport = :$port" 2>/dev/null | awk '{print $4}')
+  ! grep -E "^($host|0\.0\.0\.0|\*|\[::\]):$port\$" <<<"$listening" >/dev/null
+}
 
 # Start a long-running process detached from this shell, in its own session,
 # logging to $STATE/logs/NAME.log, recording its pid.
@@ -224,6 +231,8 @@ install_packages() {
   command -v kubectl >/dev/null || need+=(kubernetes-client)
   command -v setsid >/dev/null || need+=(util-linux)
   command -v ss >/dev/null || need+=(iproute2)
+  # The install test builds the operator's image (make image) without a daemon.
+  command -v buildah >/dev/null || need+=(buildah)
   [[ -x /usr/bin/python3 ]] || need+=(python3)
   /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
   /usr/bin/python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
@@ -492,6 +501,9 @@ export SERIN_E2E_NODE=$NODE_NAME
 export SERIN_E2E_HOST_IP=$HOST_IP
 export SERIN_E2E_POD_SUBNET=$POD_SUBNET
 export SERIN_E2E_BIN_DIR=$TARGET_DIR/debug
+export SERIN_E2E_IMAGE_DIR=$STATE/images
+export SERIN_E2E_APISERVER_POD=https://$HOST_IP:$APISERVER_PORT
+export SERIN_E2E_PROMETHEUS_POD=http://$HOST_IP:$PROM_PORT
 EOF
 }
 
@@ -520,7 +532,7 @@ cmd_up() {
   alive traefik || check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
   alive prometheus || check_ports prometheus "$PROM_ADDR"
   trap cleanup_failed_up EXIT
-  mkdir -p "$STATE"/{logs,pids,pods,prometheus,etcd}
+  mkdir -p "$STATE"/{logs,pids,pods,prometheus,etcd,images}
   install_packages
   local crds
   crds=$(find_crds) || die "upstream CRDs not found in ${SERIN_E2E_CRDS:-$REPO/e2e/crds/cluster}"
@@ -601,7 +613,9 @@ cmd_up() {
     write_prometheus_config
     spawn kubelet-sim "$TARGET_DIR/debug/serin-kubelet-sim" --kubeconfig "$STATE/kubeconfig" \
       --node-name "$NODE_NAME" --host-ip "$HOST_IP" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
-      --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug"
+      --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug" \
+      --image-dir "$STATE/images" --kubernetes-service "$HOST_IP:$APISERVER_PORT" \
+      --forward "$HOST_IP:$APISERVER_PORT=127.0.0.1:$APISERVER_PORT" --forward "$HOST_IP:$PROM_PORT=$PROM_ADDR"
     wait_until 30 "node $NODE_NAME Ready" kubelet-sim node_ready
     log "kubelet simulator up (node $NODE_NAME)"
   fi

@@ -306,7 +306,17 @@ async fn route_ref_splits_only_the_apex_rule() -> Result<()> {
                              "name": "web-route"},
                 "progressDeadlineSeconds": 60,
                 "service": {"port": 8080},
-                "analysis": {"interval": "12s", "threshold": 1, "stepWeights": [20, 50]}
+                "analysis": {
+                    "interval": "12s", "threshold": 1, "stepWeights": [20, 50],
+                    // Gateway API built-ins (`...@kubernetesgateway` series) on a
+                    // route the user owns.
+                    "metrics": [
+                        {"name": "request-success-rate", "interval": "30s",
+                         "thresholdRange": {"min": 99}},
+                        {"name": "request-duration", "interval": "30s",
+                         "thresholdRange": {"max": 500}}
+                    ]
+                }
             }
         }),
     )

@@ -8,6 +8,12 @@
 //! `readinessProbe`, restarts on `livenessProbe` failure or exit with back-off,
 //! and finalizes deletion. It also keeps a Prometheus file_sd list of pods
 //! annotated `prometheus.io/scrape: "true"`.
+//!
+//! A container whose image is a local OCI image (`--image-dir`) runs that image:
+//! chrooted in its own copy of the rootfs, as the image's (or `runAsUser`'s) user,
+//! with the pod's ServiceAccount token, CA and namespace where in-cluster clients
+//! look for them, and `KUBERNETES_SERVICE_HOST`/`PORT` naming an address the pod's
+//! network namespace reaches (`--forward` relays it to the loopback API server).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -21,7 +27,7 @@ use chrono::{SecondsFormat, Utc};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Probe, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Probe, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -32,6 +38,9 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
+
+#[path = "kubelet-sim/image.rs"]
+mod image;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -69,6 +78,17 @@ struct Args {
     /// Longest grace period honoured when stopping a pod, in seconds.
     #[arg(long, default_value_t = 5)]
     max_grace_secs: u64,
+    /// Directories of local OCI images (archives `*.tar` or layout directories);
+    /// a container whose image names one runs it chrooted.
+    #[arg(long)]
+    image_dir: Vec<PathBuf>,
+    /// The API server as pods reach it (HOST:PORT), for KUBERNETES_SERVICE_HOST/PORT.
+    #[arg(long)]
+    kubernetes_service: Option<String>,
+    /// TCP relay LISTEN=TARGET (e.g. 10.244.0.1:6443=127.0.0.1:6443): loopback-only
+    /// services made reachable from the pod network. Repeatable.
+    #[arg(long)]
+    forward: Vec<String>,
 }
 
 /// Shared state of the simulator.
@@ -78,6 +98,7 @@ struct Sim {
     http: reqwest::Client,
     ips: Mutex<IpPool>,
     scrape: Mutex<BTreeMap<String, Value>>,
+    images: image::ImageStore,
 }
 
 struct IpPool {
@@ -176,6 +197,10 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(args.state_dir.join("pods"))
         .with_context(|| format!("creating {}/pods", args.state_dir.display()))?;
     remove_stale_netns(&args.netns_prefix).await;
+    for spec in &args.forward {
+        start_forward(spec).await?;
+    }
+    let images = image::ImageStore::new(args.image_dir.clone(), args.state_dir.join("images"));
     let sim = Arc::new(Sim {
         client,
         args,
@@ -185,6 +210,7 @@ async fn run(args: Args) -> Result<()> {
             next: 2,
         }),
         scrape: Mutex::new(BTreeMap::new()),
+        images,
     });
     sim.write_file_sd();
 
@@ -195,6 +221,41 @@ async fn run(args: Args) -> Result<()> {
     let result = pod_loop(sim.clone()).await;
     hb.abort();
     result
+}
+
+/// Binds LISTEN of a `LISTEN=TARGET` relay now (so a taken address fails start-up)
+/// and relays every connection to TARGET in the background.
+async fn start_forward(spec: &str) -> Result<()> {
+    let (listen, target) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--forward {spec:?}: expected LISTEN=TARGET"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--forward: listening on {listen}"))?;
+    info!("relaying {listen} to {target}");
+    let target = target.to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("relay to {target}: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let target = target.clone();
+            tokio::spawn(async move {
+                match tokio::net::TcpStream::connect(&target).await {
+                    Ok(mut outbound) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    Err(e) => debug!("relay {peer} -> {target}: {e}"),
+                }
+            });
+        }
+    });
+    Ok(())
 }
 
 /// Namespaces with our prefix left by a previous run: kill what runs in them and
@@ -660,6 +721,10 @@ struct ContainerRt {
     startup_done: bool,
     pid_file: PathBuf,
     log_file: PathBuf,
+    /// Manifest digest of the local image it runs, if any.
+    image_id: Option<String>,
+    /// This container's copy of its image's rootfs (removed with the pod).
+    rootfs: PathBuf,
 }
 
 impl ContainerRt {
@@ -936,6 +1001,15 @@ async fn start_container(
     c: &mut ContainerRt,
 ) -> std::result::Result<(), (String, String)> {
     let env = resolve_env(sim, pod, netns.ip, &c.spec).await?;
+    let local = sim
+        .images
+        .get(c.spec.image.as_deref().unwrap_or(""))
+        .await
+        .map_err(|e| ("ErrImagePull".to_string(), format!("{e:#}")))?;
+    if let Some(img) = local {
+        return start_image_container(sim, pod, netns, c, &img, env).await;
+    }
+    let env: Vec<(String, String)> = service_env(sim).into_iter().chain(env).collect();
     let argv = resolve_program(sim, &c.spec, &env)
         .map_err(|e| ("RunContainerError".to_string(), format!("{e:#}")))?;
     let log = std::fs::OpenOptions::new()
@@ -994,6 +1068,346 @@ async fn start_container(
         argv.join(" "),
         pid
     );
+    c.child = Some(child);
+    c.pid = pid;
+    c.started_at = Some(now_rfc3339());
+    c.started_instant = Some(Instant::now());
+    c.waiting = None;
+    c.current_terminated = None;
+    c.readiness = ProbeState::default();
+    c.liveness = ProbeState::default();
+    c.startup = ProbeState::default();
+    c.startup_done = c.spec.startup_probe.is_none();
+    c.ready = false;
+    Ok(())
+}
+
+/// KUBERNETES_SERVICE_HOST/PORT as a kubelet sets them, pointing at the address
+/// the pods reach the API server at.
+fn service_env(sim: &Sim) -> Vec<(String, String)> {
+    let Some((host, port)) = sim
+        .args
+        .kubernetes_service
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+    else {
+        return Vec::new();
+    };
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), host.into()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.into()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.into()),
+        ("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}")),
+    ]
+}
+
+/// The token, CA and namespace of the pod's ServiceAccount, from the token Secret
+/// 1.20's token controller creates for it.
+async fn service_account_data(
+    sim: &Sim,
+    pod: &Pod,
+) -> std::result::Result<(Vec<u8>, Vec<u8>, String), String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let sa_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let sas: Api<ServiceAccount> = Api::namespaced(sim.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), ns);
+    let sa = sas
+        .get_opt(sa_name)
+        .await
+        .map_err(|e| format!("reading serviceaccount {sa_name}: {e}"))?
+        .ok_or_else(|| format!("serviceaccount \"{sa_name}\" not found"))?;
+    for r in sa.secrets.iter().flatten() {
+        let Some(name) = r.name.as_deref() else {
+            continue;
+        };
+        let Some(secret) = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading secret {name}: {e}"))?
+        else {
+            continue;
+        };
+        if secret.type_.as_deref() != Some("kubernetes.io/service-account-token") {
+            continue;
+        }
+        let data = secret.data.unwrap_or_default();
+        if let Some(token) = data.get("token") {
+            let ca = data.get("ca.crt").map(|b| b.0.clone()).unwrap_or_default();
+            return Ok((token.0.clone(), ca, ns.to_string()));
+        }
+    }
+    Err(format!("serviceaccount {sa_name} has no token Secret yet"))
+}
+
+fn write_service_account(rootfs: &Path, token: &[u8], ca: &[u8], ns: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = rootfs.join("var/run/secrets/kubernetes.io/serviceaccount");
+    std::fs::create_dir_all(&dir)?;
+    for (name, body) in [
+        ("token", token),
+        ("ca.crt", ca),
+        ("namespace", ns.as_bytes()),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, body)?;
+        // A Secret volume's default mode (0644): readable by any runAsUser.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// The device nodes every container runtime provides: programs expect them (a
+/// static binary's getrandom falls back to /dev/urandom, for one).
+fn populate_dev(rootfs: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dev = rootfs.join("dev");
+    std::fs::create_dir_all(&dev)?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = dev.join(name);
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("device path contains NUL"))?;
+        // SAFETY: mknod(2) on a path we own; 0666 as runtimes create them.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    }
+    Ok(())
+}
+
+/// uid, gid and supplementary groups a container runs with: securityContext
+/// (container over pod) over the image's USER; runAsNonRoot is enforced like the
+/// kubelet does.
+fn container_identity(
+    pod: &Pod,
+    c: &Container,
+    img: &image::Image,
+) -> std::result::Result<(u32, u32, Vec<u32>), String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let c_sc = c.security_context.as_ref();
+    let (img_uid, img_gid) = match img.config.user.as_deref() {
+        Some(u) => image::parse_user(u).map_err(|e| format!("{e:#}"))?,
+        None => (0, None),
+    };
+    let id = |v: Option<i64>, what: &str| -> std::result::Result<Option<u32>, String> {
+        v.map(|v| u32::try_from(v).map_err(|_| format!("{what} {v} is out of range")))
+            .transpose()
+    };
+    let uid = id(
+        c_sc.and_then(|s| s.run_as_user)
+            .or(pod_sc.and_then(|s| s.run_as_user)),
+        "runAsUser",
+    )?
+    .unwrap_or(img_uid);
+    let gid = id(
+        c_sc.and_then(|s| s.run_as_group)
+            .or(pod_sc.and_then(|s| s.run_as_group)),
+        "runAsGroup",
+    )?
+    .or(img_gid)
+    .unwrap_or(0);
+    let non_root = c_sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        == Some(true);
+    if non_root && uid == 0 {
+        return Err("container has runAsNonRoot and image will run as root".into());
+    }
+    let mut groups = Vec::new();
+    for g in pod_sc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(pod_sc.and_then(|s| s.fs_group))
+    {
+        groups.extend(id(Some(g), "supplementalGroups")?);
+    }
+    Ok((uid, gid, groups))
+}
+
+/// Starts a container from a local image: its own rootfs copy, the ServiceAccount
+/// files, the image's environment, then chroot + setuid inside the pod's netns.
+async fn start_image_container(
+    sim: &Sim,
+    pod: &Pod,
+    netns: &Netns,
+    c: &mut ContainerRt,
+    img: &image::Image,
+    env: Vec<(String, String)>,
+) -> std::result::Result<(), (String, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+    let run_err = |m: String| ("RunContainerError".to_string(), m);
+    let (uid, gid, groups) = container_identity(pod, &c.spec, img).map_err(cfg_err)?;
+    if !c.rootfs.is_dir() {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&img.rootfs)
+            .arg(&c.rootfs)
+            .output()
+            .await
+            .map_err(|e| run_err(format!("copying the rootfs: {e}")))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&c.rootfs);
+            return Err(run_err(format!(
+                "copying the rootfs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    populate_dev(&c.rootfs).map_err(|e| run_err(format!("creating /dev in the rootfs: {e}")))?;
+    let automount = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.automount_service_account_token)
+        != Some(false);
+    if automount {
+        let (token, ca, ns) = service_account_data(sim, pod).await.map_err(cfg_err)?;
+        write_service_account(&c.rootfs, &token, &ca, &ns)
+            .map_err(|e| run_err(format!("writing the serviceaccount files: {e}")))?;
+    }
+
+    // The image's environment, then what a kubelet adds, then the container's own.
+    let mut full: Vec<(String, String)> = img.config.env.clone();
+    if !full.iter().any(|(k, _)| k == "PATH") {
+        full.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    full.push((
+        "HOSTNAME".into(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    ));
+    full.extend(service_env(sim));
+    for (k, v) in env.iter() {
+        full.retain(|(fk, _)| fk != k);
+        full.push((k.clone(), v.clone()));
+    }
+    let expand = |v: &Option<Vec<String>>| {
+        v.as_ref()
+            .map(|v| v.iter().map(|s| expand_vars(s, &full)).collect::<Vec<_>>())
+    };
+    let argv = image::container_argv(
+        &img.config,
+        expand(&c.spec.command).as_deref(),
+        expand(&c.spec.args).as_deref(),
+    );
+    let Some(first) = argv.first() else {
+        return Err(run_err(
+            "no command: neither the container nor the image names one".into(),
+        ));
+    };
+    let path_var = full
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let prog = image::resolve_in_rootfs(&c.rootfs, first, &path_var)
+        .map_err(|e| run_err(format!("{e:#}")))?;
+    let wd = c
+        .spec
+        .working_dir
+        .clone()
+        .filter(|d| !d.is_empty())
+        .or_else(|| img.config.working_dir.clone())
+        .unwrap_or_else(|| "/".into());
+    if !wd.starts_with('/') {
+        return Err(cfg_err(format!("workingDir {wd:?} is not absolute")));
+    }
+    // Container runtimes create a missing working directory.
+    std::fs::create_dir_all(c.rootfs.join(wd.trim_start_matches('/')))
+        .map_err(|e| run_err(format!("creating workingDir {wd}: {e}")))?;
+
+    let netns_file = std::fs::File::open(format!("/run/netns/{}", netns.name))
+        .map_err(|e| run_err(format!("opening netns {}: {e}", netns.name)))?;
+    let netns_fd = netns_file.as_raw_fd();
+    let root_c = std::ffi::CString::new(c.rootfs.as_os_str().as_bytes())
+        .map_err(|_| run_err("rootfs path contains NUL".into()))?;
+    let wd_c = std::ffi::CString::new(wd.clone())
+        .map_err(|_| cfg_err("workingDir contains NUL".into()))?;
+    let gids: Vec<libc::gid_t> = groups;
+
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&c.log_file)
+        .map_err(|e| run_err(format!("opening {}: {e}", c.log_file.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| run_err(format!("log file: {e}")))?;
+    let mut cmd = Command::new(&prog);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(full.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only async-signal-safe system calls run, on
+    // values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::setns(netns_fd, libc::CLONE_NEWNET))?;
+            check(libc::chroot(root_c.as_ptr()))?;
+            check(libc::chdir(wd_c.as_ptr()))?;
+            // Groups before the uid: after setuid there is no right to change them.
+            check(libc::setgroups(gids.len(), gids.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| run_err(format!("starting {prog} in {}: {e}", c.rootfs.display())))?;
+    drop(netns_file);
+    let pid = child.id();
+    if let Some(pid) = pid {
+        let _ = std::fs::write(&c.pid_file, pid.to_string());
+    }
+    info!(
+        "{} container {}: started {} from image {} ({}) as {uid}:{gid} (pid {:?})",
+        pod_key(pod),
+        c.spec.name,
+        argv.join(" "),
+        c.spec.image.as_deref().unwrap_or(""),
+        img.digest,
+        pid
+    );
+    c.image_id = Some(img.digest.clone());
     c.child = Some(child);
     c.pid = pid;
     c.started_at = Some(now_rfc3339());
@@ -1193,6 +1607,8 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
             startup_done: false,
             pid_file: pods_dir.join(format!("{uid}-{}.pid", c.name)),
             log_file: pods_dir.join(format!("{safe_name}_{}.log", c.name)),
+            image_id: None,
+            rootfs: pods_dir.join(format!("{uid}-{}.rootfs", c.name)),
         })
         .collect();
 
@@ -1325,6 +1741,13 @@ async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
         }
     }
     remove_scrape(&sim, &uid);
+    for c in &containers {
+        if c.image_id.is_some()
+            && let Err(e) = std::fs::remove_dir_all(&c.rootfs)
+        {
+            debug!("{key}: removing {}: {e}", c.rootfs.display());
+        }
+    }
     teardown_netns(&sim, &netns).await;
     info!("{key}: stopped, netns {} removed", netns.name);
     finish(&sim, &pod, desired).await;
@@ -1411,7 +1834,7 @@ fn pod_status(
                 "started": c.running() && c.startup_done,
                 "restartCount": c.restart_count,
                 "image": c.spec.image.clone().unwrap_or_default(),
-                "imageID": "",
+                "imageID": c.image_id.clone().unwrap_or_default(),
                 "containerID": c.pid.map(|p| format!("serin-sim://{p}")),
                 "state": state,
                 "lastState": c.last_terminated.clone().unwrap_or_else(|| json!({})),
