@@ -3,6 +3,8 @@
 //! never taken dark. Every test sends steady load through the gateway for its whole
 //! length and asserts that not one request went unanswered.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +19,11 @@ use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
 
 const COOKIE: &str = "flagger-cookie";
+
+/// One test at a time: Traefik 3.0.4 drops a Gateway's whole configuration while any
+/// route attached to it cannot load, so the forced rejection below would take every
+/// other test's route through the shared gateway dark with it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
@@ -122,15 +129,6 @@ async fn canary_cookie(
     bail!("no new client reached {version} in 200 tries")
 }
 
-async fn serve_tester() -> Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, serin::tester::router()).await;
-    });
-    Ok(addr)
-}
-
 /// Canary `web` on the Gateway with `analysis`; waits for Initialized and traffic.
 async fn setup(
     env: &ClusterEnv,
@@ -187,12 +185,13 @@ async fn session_affinity_on_traefik_promotes_and_never_goes_dark() -> Result<()
     let Some(env) = ClusterEnv::for_test("routes_affinity") else {
         return Ok(());
     };
+    let _serial = SERIAL.lock().await;
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-aff").await?;
     let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
     let host = format!("{}.e2e.local", ns.name);
     let url = format!("{}/", env.gateway);
-    let tester = serve_tester().await?;
+    let tester = support::serve_tester().await?;
     let analysis = json!({
         "interval": "8s", "threshold": 2, "stepWeight": 10, "maxWeight": 50,
         "sessionAffinity": {"cookieName": COOKIE, "maxAge": 600},
@@ -297,6 +296,7 @@ async fn unsupported_feature_is_refused_and_the_app_keeps_serving() -> Result<()
     let Some(env) = ClusterEnv::for_test("routes_refuse") else {
         return Ok(());
     };
+    let _serial = SERIAL.lock().await;
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-refuse").await?;
     let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
@@ -391,6 +391,7 @@ async fn a_rejected_route_is_reverted_within_the_bound() -> Result<()> {
     let Some(env) = ClusterEnv::for_test("routes_revert") else {
         return Ok(());
     };
+    let _serial = SERIAL.lock().await;
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-revert").await?;
     let lie = "traefik.io/gateway-controller=HTTPRouteHeaderRegexMatch,\
