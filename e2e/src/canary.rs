@@ -1,12 +1,15 @@
 //! Reading and driving Canaries in end-to-end tests.
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::SampleApp;
+use crate::operator::Operator;
 
 pub fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
@@ -92,4 +95,29 @@ pub async fn pod_versions(client: &Client, ns: &str, selector: &str) -> Result<V
     }
     out.sort();
     Ok(out)
+}
+
+/// Polls the Canary until its phase is `want`; on time-out the error carries the
+/// status and the operator's last log lines.
+pub async fn wait_phase(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: &str,
+    timeout: Duration,
+    op: &Operator,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(api, name).await?;
+        if phase(&s) == want {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "canary {name}: no {want} within {timeout:?}: {s}\n{}",
+                op.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

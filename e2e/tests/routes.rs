@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
@@ -13,7 +13,7 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, phase, release, status, weight};
+use serin_e2e::canary::{canaries, phase, release, status, wait_phase, weight};
 use serin_e2e::load::{self, LoadReport, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
@@ -31,29 +31,6 @@ fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
         "httproutes",
     );
     Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-async fn wait_phase(
-    api: &Api<DynamicObject>,
-    name: &str,
-    want: &str,
-    timeout: Duration,
-    op: &Operator,
-) -> Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = status(api, name).await?;
-        if phase(&s) == want {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "canary {name}: no {want} within {timeout:?}: {s}\n{}",
-                op.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// Steady load through the gateway for `secs`, in the background.

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, phase, release, status, weight};
+use serin_e2e::canary::{canaries, phase, release, status, wait_phase, weight};
 use serin_e2e::load::{self, LoadSpec};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
@@ -22,29 +22,6 @@ fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
         "httproutes",
     );
     Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-async fn wait_phase(
-    api: &Api<DynamicObject>,
-    name: &str,
-    want: &str,
-    timeout: Duration,
-    op: &Operator,
-) -> Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = status(api, name).await?;
-        if phase(&s) == want {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "canary {name}: no {want} within {timeout:?}: {s}\n{}",
-                op.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// Follows a release to its end, measuring at every weighted step the share of >= 500
