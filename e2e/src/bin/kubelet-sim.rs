@@ -1068,6 +1068,14 @@ async fn start_container(
         argv.join(" "),
         pid
     );
+    mark_started(c, child, pid);
+    Ok(())
+}
+
+/// KUBERNETES_SERVICE_HOST/PORT as a kubelet sets them, pointing at the address
+/// the pods reach the API server at.
+/// A (re)started process begins a new run: fresh probes, not ready, no last exit.
+fn mark_started(c: &mut ContainerRt, child: Child, pid: Option<u32>) {
     c.child = Some(child);
     c.pid = pid;
     c.started_at = Some(now_rfc3339());
@@ -1079,11 +1087,8 @@ async fn start_container(
     c.startup = ProbeState::default();
     c.startup_done = c.spec.startup_probe.is_none();
     c.ready = false;
-    Ok(())
 }
 
-/// KUBERNETES_SERVICE_HOST/PORT as a kubelet sets them, pointing at the address
-/// the pods reach the API server at.
 fn service_env(sim: &Sim) -> Vec<(String, String)> {
     let Some((host, port)) = sim
         .args
@@ -1408,17 +1413,7 @@ async fn start_image_container(
         pid
     );
     c.image_id = Some(img.digest.clone());
-    c.child = Some(child);
-    c.pid = pid;
-    c.started_at = Some(now_rfc3339());
-    c.started_instant = Some(Instant::now());
-    c.waiting = None;
-    c.current_terminated = None;
-    c.readiness = ProbeState::default();
-    c.liveness = ProbeState::default();
-    c.startup = ProbeState::default();
-    c.startup_done = c.spec.startup_probe.is_none();
-    c.ready = false;
+    mark_started(c, child, pid);
     Ok(())
 }
 
