@@ -127,6 +127,12 @@ const POLL: Duration = Duration::from_secs(5);
 /// routed to the canary must find its pods alive.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
+/// Hold keys of a promotion that takes the primary out of traffic while it rolls.
+const HOLD_DRAINING: &str = "draining primary";
+const DRAINING_DETAIL: &str =
+    "all traffic is on the canary; the primary rolls out once the data plane has moved off it";
+const HOLD_SETTLING: &str = "primary settling";
+
 pub const CONDITION_PROMOTED: &str = "Promoted";
 pub const CONDITION_READY: &str = "Ready";
 
@@ -799,11 +805,65 @@ impl Machine<'_> {
         }
     }
 
+    /// Whether the primary is taken out of traffic before it rolls out. Its old pods
+    /// are deleted as the new ones become ready, and a data plane that learns of
+    /// that a moment late sends requests to pods that are gone; with all traffic on
+    /// the (ready, analysed) canary meanwhile, the primary's rollout is invisible.
+    /// A/B keeps the unmatched traffic on the primary (no router can move "all" of
+    /// it by a match), and a stepped promotion keeps Flagger's order, where the
+    /// primary rolls first and then takes traffic back step by step.
+    fn drains_primary(&self) -> bool {
+        match self.settings.strategy {
+            Strategy::BlueGreen { .. } => true,
+            Strategy::Canary {
+                step_weight_promotion,
+                ..
+            } => step_weight_promotion.is_none(),
+            Strategy::AbTesting { .. } => false,
+        }
+    }
+
+    /// How long the current hold has lasted.
+    fn held(&self) -> Duration {
+        let since = self
+            .status
+            .hold_since
+            .as_deref()
+            .and_then(parse_time)
+            .unwrap_or(self.now);
+        (self.now - since).to_std().unwrap_or_default()
+    }
+
     fn promote(&mut self, message: &str) {
-        if let Strategy::BlueGreen { .. } = self.settings.strategy {
-            // Blue/green: all traffic to the (ready) canary while the primary rolls
-            // out the new version, so users switch once and never see a half-updated
-            // primary.
+        self.status.phase = Some(Phase::Promoting);
+        self.status.last_step_time = Some(self.now.to_rfc3339());
+        self.clear_hold();
+        self.requeue = POLL;
+        self.event(Severity::Info, "Promoting", message.to_string(), true);
+        if self.drains_primary() {
+            // All traffic to the canary first; the primary is patched once the data
+            // plane has moved off it (see `promoting`).
+            self.actions.push(Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            }));
+            self.status.canary_weight = 100;
+            self.hold(HOLD_DRAINING, DRAINING_DETAIL);
+            self.requeue = DRAIN;
+        } else {
+            self.actions.push(Action::Promote);
+        }
+    }
+
+    fn promoting(&mut self) {
+        let promoted =
+            self.obs.primary_revision.as_deref() == self.status.last_applied_spec.as_deref();
+        let drains = self.drains_primary();
+        if drains && !promoted {
+            // Keep the canary serving everything on every tick (idempotent), also
+            // after a restart that lost the tick which wrote it.
             self.actions.push(Action::SetRoutes(Routes {
                 primary: 0,
                 canary: 100,
@@ -812,17 +872,6 @@ impl Machine<'_> {
             }));
             self.status.canary_weight = 100;
         }
-        self.actions.push(Action::Promote);
-        self.status.phase = Some(Phase::Promoting);
-        self.status.last_step_time = Some(self.now.to_rfc3339());
-        self.clear_hold();
-        self.requeue = POLL;
-        self.event(Severity::Info, "Promoting", message.to_string(), true);
-    }
-
-    fn promoting(&mut self) {
-        let promoted =
-            self.obs.primary_revision.as_deref() == self.status.last_applied_spec.as_deref();
         match (&self.obs.primary, promoted) {
             (Some(Readiness::Ready), true) => {}
             (None, _) => {
@@ -831,6 +880,21 @@ impl Machine<'_> {
                 return;
             }
             (_, false) => {
+                if drains {
+                    let draining = self
+                        .old
+                        .hold_reason
+                        .as_deref()
+                        .is_none_or(|r| r.starts_with(HOLD_DRAINING));
+                    if draining {
+                        self.hold(HOLD_DRAINING, DRAINING_DETAIL);
+                        let held = self.held();
+                        if held < DRAIN {
+                            self.requeue = DRAIN - held;
+                            return;
+                        }
+                    }
+                }
                 // The promotion patch has not reached the primary yet (or failed):
                 // issue it again, it is idempotent.
                 self.actions.push(Action::Promote);
@@ -840,6 +904,19 @@ impl Machine<'_> {
             (Some(Readiness::NotReady(why) | Readiness::Failed(why)), true) => {
                 let why = why.clone();
                 self.hold("primary rolling out", &why);
+                return;
+            }
+        }
+        if drains {
+            // The primary is ready at the new revision; its endpoints reach the data
+            // plane a moment after its pods turn ready. Traffic goes back after that.
+            self.hold(
+                HOLD_SETTLING,
+                "the primary is ready; traffic returns to it once the data plane knows its endpoints",
+            );
+            let held = self.held();
+            if held < DRAIN {
+                self.requeue = DRAIN - held;
                 return;
             }
         }

@@ -312,14 +312,95 @@ fn transition_table() {
             weight: 10,
         },
         Row {
-            name: "max weight and checks pass: promote",
+            name: "max weight and checks pass: all traffic to the canary, the primary waits",
             settings: s.clone(),
+            status: progressing(30, 0),
+            obs: with_metrics(obs("v2"), Verdict::Pass),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            })],
+            weight: 100,
+        },
+        Row {
+            name: "stepped promotion: the primary rolls at once, the canary keeps its weight",
+            settings: settings(Strategy::Canary {
+                weights: vec![10, 20, 30],
+                mirror: false,
+                mirror_weight: None,
+                step_weight_promotion: Some(10),
+            }),
             status: progressing(30, 0),
             obs: with_metrics(obs("v2"), Verdict::Pass),
             now: later,
             phase: Phase::Promoting,
             actions: vec![Action::Promote],
             weight: 30,
+        },
+        Row {
+            name: "promoting, drain not over: keep all traffic on the canary, hold the primary",
+            settings: s.clone(),
+            status: CanaryStatus {
+                canary_weight: 100,
+                hold_reason: Some("draining primary: x".into()),
+                hold_since: Some((later - secs(2)).to_rfc3339()),
+                ..status(Phase::Promoting, "v2")
+            },
+            obs: obs("v2"),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            })],
+            weight: 100,
+        },
+        Row {
+            name: "promoting, primary drained: patch the primary",
+            settings: s.clone(),
+            status: CanaryStatus {
+                canary_weight: 100,
+                hold_reason: Some("draining primary: x".into()),
+                hold_since: Some((later - secs(6)).to_rfc3339()),
+                ..status(Phase::Promoting, "v2")
+            },
+            obs: obs("v2"),
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![
+                Action::SetRoutes(Routes {
+                    primary: 0,
+                    canary: 100,
+                    mirror: false,
+                    mirror_weight: None,
+                }),
+                Action::Promote,
+            ],
+            weight: 100,
+        },
+        Row {
+            name: "primary ready at the new revision: let its endpoints settle first",
+            settings: s.clone(),
+            status: CanaryStatus {
+                canary_weight: 100,
+                hold_reason: Some("primary rolling out: x".into()),
+                hold_since: Some(t0().to_rfc3339()),
+                ..status(Phase::Promoting, "v2")
+            },
+            obs: Observations {
+                primary_revision: Some("v2".into()),
+                ..obs("v2")
+            },
+            now: later,
+            phase: Phase::Promoting,
+            actions: vec![],
+            weight: 100,
         },
         Row {
             name: "canary crashing: rollback",
@@ -345,10 +426,12 @@ fn transition_table() {
             weight: 0,
         },
         Row {
-            name: "primary at the new revision and ready: traffic back to primary",
+            name: "primary ready and settled: traffic back to primary",
             settings: s.clone(),
             status: CanaryStatus {
-                canary_weight: 30,
+                canary_weight: 100,
+                hold_reason: Some("primary settling: x".into()),
+                hold_since: Some((later - secs(6)).to_rfc3339()),
                 ..status(Phase::Promoting, "v2")
             },
             obs: Observations {
@@ -363,12 +446,25 @@ fn transition_table() {
         Row {
             name: "promotion not yet visible on the primary: promote again and hold",
             settings: s.clone(),
-            status: status(Phase::Promoting, "v2"),
+            status: CanaryStatus {
+                canary_weight: 100,
+                hold_reason: Some("promoting: x".into()),
+                hold_since: Some(t0().to_rfc3339()),
+                ..status(Phase::Promoting, "v2")
+            },
             obs: obs("v2"),
             now: later,
             phase: Phase::Promoting,
-            actions: vec![Action::Promote],
-            weight: 0,
+            actions: vec![
+                Action::SetRoutes(Routes {
+                    primary: 0,
+                    canary: 100,
+                    mirror: false,
+                    mirror_weight: None,
+                }),
+                Action::Promote,
+            ],
+            weight: 100,
         },
         Row {
             name: "finalising: routes to the primary, succeed",
@@ -422,8 +518,13 @@ fn transition_table() {
             obs: obs("v2"),
             now: t0(),
             phase: Phase::Promoting,
-            actions: vec![Action::Promote],
-            weight: 0,
+            actions: vec![Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            })],
+            weight: 100,
         },
         Row {
             name: "suspend: nothing moves",
@@ -452,7 +553,7 @@ fn transition_table() {
             weight: 0,
         },
         Row {
-            name: "blue/green done: all traffic to the canary, then promote",
+            name: "blue/green done: all traffic to the canary, the primary waits",
             settings: settings(Strategy::BlueGreen {
                 iterations: 2,
                 mirror: false,
@@ -465,15 +566,12 @@ fn transition_table() {
             obs: with_metrics(obs("v2"), Verdict::Pass),
             now: later,
             phase: Phase::Promoting,
-            actions: vec![
-                Action::SetRoutes(Routes {
-                    primary: 0,
-                    canary: 100,
-                    mirror: false,
-                    mirror_weight: None,
-                }),
-                Action::Promote,
-            ],
+            actions: vec![Action::SetRoutes(Routes {
+                primary: 0,
+                canary: 100,
+                mirror: false,
+                mirror_weight: None,
+            })],
             weight: 100,
         },
         Row {
@@ -696,7 +794,15 @@ fn confirm_promotion_holds_in_waiting_promotion() {
     );
     let d = decided(&s, &d.status, &o, t0() + secs(22));
     assert_eq!(phase_of(&d), Some(Phase::Promoting));
-    assert_eq!(d.actions, vec![Action::Promote]);
+    assert_eq!(
+        d.actions,
+        vec![Action::SetRoutes(Routes {
+            primary: 0,
+            canary: 100,
+            mirror: false,
+            mirror_weight: None,
+        })]
+    );
 }
 
 #[test]
@@ -863,6 +969,10 @@ struct World {
     canary_healthy: bool,
     metrics: Verdict,
     post_rollout_calls: u32,
+    /// The world's clock and when the routes last changed: the primary may only be
+    /// patched once traffic has been off it for `DRAIN`.
+    at: DateTime<Utc>,
+    routes_changed_at: DateTime<Utc>,
 }
 
 impl World {
@@ -904,9 +1014,19 @@ impl World {
                             "traffic sent to a canary that is not ready"
                         );
                     }
+                    if self.routes != *r {
+                        self.routes_changed_at = self.at;
+                    }
                     self.routes = *r
                 }
-                Action::Promote => self.primary_revision = Some(self.target_revision.clone()),
+                Action::Promote => {
+                    assert_eq!(self.routes.primary, 0, "primary patched while serving");
+                    assert!(
+                        (self.at - self.routes_changed_at).to_std().unwrap() >= DRAIN,
+                        "primary patched before the data plane moved off it"
+                    );
+                    self.primary_revision = Some(self.target_revision.clone())
+                }
                 Action::RunWebhooks(_) => self.post_rollout_calls += 1,
                 Action::Finalize => {}
             }
@@ -933,6 +1053,7 @@ fn run(
                 decided(s, st, &o, *now)
             }
         };
+        world.at = *now;
         world.apply(&d.actions);
         *st = d.status;
         let p = st.phase.unwrap();
@@ -961,6 +1082,8 @@ fn good_release_is_promoted_and_bad_one_rolled_back() {
         canary_healthy: true,
         metrics: Verdict::Pass,
         post_rollout_calls: 0,
+        at: t0(),
+        routes_changed_at: t0(),
     };
     let mut st = CanaryStatus::default();
     let mut now = t0();
@@ -977,7 +1100,7 @@ fn good_release_is_promoted_and_bad_one_rolled_back() {
             (Progressing, 10),
             (Progressing, 20),
             (Progressing, 30),
-            (Promoting, 30),
+            (Promoting, 100),
             (Finalising, 0),
             (Succeeded, 0)
         ]
@@ -1012,6 +1135,8 @@ fn crashing_canary_never_gets_traffic_and_fails_at_the_deadline() {
         canary_healthy: false,
         metrics: Verdict::Pass,
         post_rollout_calls: 0,
+        at: t0(),
+        routes_changed_at: t0(),
     };
     let mut st = status(Phase::Succeeded, "v1");
     let mut now = t0();
