@@ -143,6 +143,9 @@ async fn traefik_service_split_follows_weights_and_rolls_back() -> Result<()> {
     serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(30)).await?;
 
     let step_load = LoadSpec::new(&url).host(&host).requests(500, 250.0);
+    // Through the whole release, the promotion included (the primary's pods are
+    // replaced then): not one request may go unanswered.
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(200));
     app = app.version("v2");
     release(&client, &app).await?;
     let (done, checked) = measure_steps(
@@ -171,6 +174,14 @@ async fn traefik_service_split_follows_weights_and_rolls_back() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = load::run(&LoadSpec::new(&url).host(&host).requests(200, 200.0)).await?;
     assert_eq!(after.count("v2"), after.responses, "promoted: {after:?}");
+    let through = bg.finish().await?;
+    assert!(through.responses > 0, "{through:?}");
+    assert_eq!(
+        through.dark(),
+        0,
+        "requests unanswered during the release: {:?}",
+        through.dark_at
+    );
 
     // Next release: roll it back from the first step and time the return.
     app = app.version("v3");
