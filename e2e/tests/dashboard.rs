@@ -1,15 +1,18 @@
-//! `dashboards/serin.json` must keep working against the operator: every PromQL
-//! expression may use only metric names, and label names, that the operator's
-//! `/metrics` endpoint really exposes. The truth is taken from Serin's own encoder
-//! (`serin::server::Metrics`), so renaming a metric without fixing the dashboard
-//! fails here rather than as empty panels in production.
+//! The dashboards must keep working: every PromQL expression of the overview
+//! (`dashboards/serin.json`) may use only metric names, and label names, that the
+//! operator's `/metrics` endpoint really exposes (the truth is taken from Serin's own
+//! encoder, `serin::server::Metrics`, so renaming a metric without fixing the
+//! dashboard fails here rather than as empty panels in production); both dashboards
+//! parse in a real Prometheus, import with a Prometheus datasource variable, and show
+//! data for a real release on the local cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::Value;
 use serin::server::{
-    ApiLabels, CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, WorkloadLabels,
+    ApiLabels, CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, ThresholdLabels,
+    WorkloadLabels,
 };
 
 /// Sample names the operator exposes, with the label names each carries. One series
@@ -35,6 +38,15 @@ fn exposed() -> BTreeMap<String, BTreeSet<String>> {
             metric: "m".into(),
         })
         .set(1.5);
+    m.metric_threshold
+        .get_or_create(&ThresholdLabels {
+            name: "c".into(),
+            namespace: "n".into(),
+            metric: "m".into(),
+            bound: "min".into(),
+        })
+        .set(99.0);
+    m.step_lateness.observe(0.2);
     let outcome = OutcomeLabels {
         name: "c".into(),
         namespace: "n".into(),
@@ -261,10 +273,19 @@ fn parse_promql(expr: &str) -> Uses {
     uses
 }
 
+const DASHBOARDS: &[&str] = &["serin.json", "serin-traffic.json"];
+
+fn load(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dashboards")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not valid JSON: {e}"))
+}
+
+/// The overview, whose queries read only the operator's own metrics.
 fn dashboard() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/serin.json");
-    let text = std::fs::read_to_string(&path).expect("reading dashboards/serin.json");
-    serde_json::from_str(&text).expect("dashboards/serin.json is not valid JSON")
+    load("serin.json")
 }
 
 /// All panels, rows' nested panels included.
@@ -288,6 +309,9 @@ fn expressions(d: &Value) -> Vec<(String, String, Option<String>)> {
         }
     }
     for v in d["templating"]["list"].as_array().expect("templating") {
+        if v["type"] == "datasource" {
+            continue;
+        }
         let q = v["query"]["query"]
             .as_str()
             .or(v["query"].as_str())
@@ -341,6 +365,8 @@ fn dashboard_queries_use_only_exposed_metrics_and_labels() {
         "serin_canary_failures_total",
         "serin_reconcile_errors_total",
         "serin_reconcile_duration_seconds_bucket",
+        "serin_canary_metric_threshold",
+        "serin_step_lateness_seconds_bucket",
     ] {
         assert!(
             exposed.contains_key(name),
@@ -383,7 +409,9 @@ fn dashboard_queries_use_only_exposed_metrics_and_labels() {
     let unused: Vec<_> = exposed
         .keys()
         .filter(|m| {
-            (m.starts_with("serin_canary_") || m.starts_with("serin_reconcile_"))
+            (m.starts_with("serin_canary_")
+                || m.starts_with("serin_reconcile_")
+                || m.starts_with("serin_step_"))
                 && !m.ends_with("_created")
         })
         .filter(|m| !used.contains(*m))
@@ -400,55 +428,65 @@ fn dashboard_queries_use_only_exposed_metrics_and_labels() {
 }
 
 #[test]
-fn dashboard_is_importable() {
-    let d = dashboard();
-    let schema = d["schemaVersion"].as_u64().expect("schemaVersion");
-    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
-    let inputs = d["__inputs"].as_array().expect("__inputs");
-    assert!(
-        inputs
-            .iter()
-            .any(|i| i["name"] == "DS_PROMETHEUS" && i["pluginId"] == "prometheus"),
-        "a DS_PROMETHEUS datasource input"
-    );
-    // On import Grafana replaces `${DS_PROMETHEUS}` only where it is written, so
-    // every panel and query must use it.
-    let mut ids = BTreeSet::new();
-    for p in panels(&d) {
-        assert!(
-            ids.insert(p["id"].as_u64().expect("panel id")),
-            "duplicate id"
-        );
-        if p["type"] == "row" {
-            continue;
-        }
-        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
-        let targets = p["targets"].as_array().expect("targets");
-        assert!(!targets.is_empty(), "{}: no query", p["title"]);
-        for t in targets {
-            assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
-        }
+fn dashboards_are_importable() {
+    for name in DASHBOARDS {
+        importable(name, &load(name));
     }
+}
+
+/// What Grafana needs to import a dashboard and point it at any Prometheus: a
+/// `datasource` variable every panel, query and variable uses.
+fn importable(file: &str, d: &Value) {
+    let schema = d["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!(
+        (36..=41).contains(&schema),
+        "{file}: schemaVersion {schema}"
+    );
     let vars: BTreeMap<&str, &Value> = d["templating"]["list"]
         .as_array()
         .expect("templating")
         .iter()
         .map(|v| (v["name"].as_str().unwrap_or(""), v))
         .collect();
+    let ds = vars
+        .get("datasource")
+        .unwrap_or_else(|| panic!("{file}: no $datasource variable"));
+    assert_eq!(ds["type"], "datasource", "{file}");
+    assert_eq!(ds["query"], "prometheus", "{file}");
+    const UID: &str = "${datasource}";
+    let mut ids = BTreeSet::new();
+    for p in panels(d) {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "{file}: duplicate id"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], UID, "{file}: {}", p["title"]);
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{file}: {}: no query", p["title"]);
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], UID, "{file}: {}", p["title"]);
+        }
+    }
     for name in ["namespace", "canary"] {
         let v = vars
             .get(name)
-            .unwrap_or_else(|| panic!("no ${name} variable"));
-        assert_eq!(v["datasource"]["uid"], "${DS_PROMETHEUS}");
+            .unwrap_or_else(|| panic!("{file}: no ${name} variable"));
+        assert_eq!(v["datasource"]["uid"], UID, "{file}");
     }
     // Per-Canary panels follow the variables.
-    for p in panels(&d) {
+    for p in panels(d) {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().unwrap_or("");
-            if expr.contains("serin_canary_") {
+            if !expr.contains("serin_step_")
+                && !expr.contains("serin_reconcile_")
+                && !expr.contains("serin_kube_")
+            {
                 assert!(
                     expr.contains("$namespace") && expr.contains("$canary"),
-                    "{}: {expr} ignores the variables",
+                    "{file}: {}: {expr} ignores the variables",
                     p["title"]
                 );
             }
@@ -456,24 +494,202 @@ fn dashboard_is_importable() {
     }
 }
 
-/// The cluster's Prometheus parses every expression, with Grafana's variables
-/// replaced the way Grafana would (all values selected).
+/// Grafana's variables replaced the way Grafana would with every value selected
+/// (`All` is `.*`).
+fn all_selected(expr: &str) -> String {
+    expr.replace("$namespace", ".*")
+        .replace("$canary", ".*")
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+}
+
+/// The cluster's Prometheus parses every expression of both dashboards.
 #[tokio::test]
 async fn dashboard_queries_are_valid_promql() -> anyhow::Result<()> {
     let Some(env) = serin_e2e::ClusterEnv::for_test("dashboard_queries_are_valid_promql") else {
         return Ok(());
     };
     let mut bad = Vec::new();
-    for (place, expr, _) in expressions(&dashboard()) {
-        let query = expr
-            .replace("$namespace", ".*")
-            .replace("$canary", ".*")
-            .replace("$__rate_interval", "1m")
-            .replace("$__range", "1h");
-        if let Err(e) = serin_e2e::prom_query(&env.prometheus, &query).await {
-            bad.push(format!("{place}: {e:#}"));
+    for name in DASHBOARDS {
+        for (place, expr, _) in expressions(&load(name)) {
+            if let Err(e) = serin_e2e::prom_query(&env.prometheus, &all_selected(&expr)).await {
+                bad.push(format!("{name} {place}: {e:#}"));
+            }
         }
     }
     anyhow::ensure!(bad.is_empty(), "\n{}", bad.join("\n"));
+    Ok(())
+}
+
+/// Removes the operator's scrape entry when the test ends.
+struct Scraped(std::path::PathBuf);
+
+impl Drop for Scraped {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Panels that may rightly be empty after one good release: errors that did not
+/// happen, and the data planes this cluster does not run.
+fn may_be_empty(file: &str, title: &str, expr: &str) -> bool {
+    match file {
+        "serin.json" => title == "Reconcile errors" || expr.contains("serin_canary_failures"),
+        _ => !(title.starts_with("Traefik:") || title.starts_with("App:")),
+    }
+}
+
+/// During and right after a real release on Traefik, with the operator scraped by
+/// the cluster's Prometheus, every panel that must have data has some: the overview
+/// (phases, weights, checks against thresholds, step lateness, API requests per
+/// step, promotions, duration) and the canary-vs-primary panels of Traefik and of
+/// the app's own metrics. Queries run with the dashboard's variables set to this
+/// Canary, as a user would pick it.
+#[tokio::test]
+async fn dashboard_panels_have_data_for_a_real_release() -> anyhow::Result<()> {
+    use serde_json::json;
+    use serin_e2e::canary::{canaries, phase, release, status, weight};
+    use serin_e2e::{SampleApp, TestNamespace, apply_json, load, operator::Operator};
+    use std::time::{Duration, Instant};
+
+    let Some(env) = serin_e2e::ClusterEnv::for_test("dashboard_panels_have_data") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-dash").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let dir = env.state_dir.join("prometheus").join("exporters");
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} missing: run e2e/cluster.sh up",
+        dir.display()
+    );
+    let entry = dir.join(format!("{}-operator.json", ns.name));
+    let target = op.metrics_url.trim_start_matches("http://").to_string();
+    std::fs::write(
+        entry.with_extension("tmp"),
+        json!([{"targets": [target]}]).to_string(),
+    )?;
+    std::fs::rename(entry.with_extension("tmp"), &entry)?;
+    let _scraped = Scraped(entry);
+
+    let host = format!("{}.e2e.local", ns.name);
+    let mut app = SampleApp::new(&ns.name, "web", &env.sample_app_command()).replicas(1);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": ns.name},
+            "spec": {
+                "provider": "gatewayapi:v1",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "progressDeadlineSeconds": 60,
+                "service": {
+                    "port": 8080,
+                    "hosts": [host],
+                    "gatewayRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}]
+                },
+                "analysis": {
+                    "interval": "10s", "threshold": 2, "stepWeights": [20, 40, 60],
+                    "metrics": [
+                        {"name": "request-success-rate", "interval": "30s",
+                         "thresholdRange": {"min": 95}},
+                        {"name": "request-duration", "interval": "30s",
+                         "thresholdRange": {"max": 500}}
+                    ]
+                }
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while phase(&status(&api, "web").await?) != "Initialized" {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not initialized\n{}",
+            op.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let url = format!("{}/", env.gateway);
+    serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(30)).await?;
+    let bg = load::Steady::start(&url, &host, 20.0, Duration::from_secs(240));
+    app = app.version("v2");
+    release(&client, &app).await?;
+
+    // Panels are judged twice: mid-release (weights, canary traffic) and after
+    // the promotion (promotions, release duration); a panel has data if either
+    // look found a number.
+    let mut pending: BTreeMap<String, String> = BTreeMap::new();
+    for file in DASHBOARDS {
+        for p in panels(&load(file)) {
+            let title = p["title"].as_str().unwrap_or("").to_string();
+            if p["type"] == "row" {
+                continue;
+            }
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap_or("");
+                if may_be_empty(file, &title, expr) {
+                    continue;
+                }
+                pending.insert(
+                    format!("{file} {title} {}", t["refId"]),
+                    expr.replace("$namespace", &ns.name)
+                        .replace("$canary", "web")
+                        .replace("$__rate_interval", "1m")
+                        .replace("$__range", "1h"),
+                );
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut looked_mid = false;
+    loop {
+        let s = status(&api, "web").await?;
+        let done = phase(&s) == "Succeeded";
+        anyhow::ensure!(
+            phase(&s) != "Failed",
+            "release failed: {s}\n{}",
+            op.log_tail(30)
+        );
+        // Mid-release: once the second step has been analysed (a step lateness
+        // needs two steps in a row).
+        let mid = phase(&s) == "Progressing" && weight(&s) >= 40;
+        if (mid && !looked_mid) || done {
+            looked_mid |= mid;
+            // Prometheus scrapes every second; give the last changes a moment.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut found = Vec::new();
+            for (place, query) in &pending {
+                let samples = serin_e2e::prom_query(&env.prometheus, query).await?;
+                if samples.iter().any(|x| x.value.is_finite()) {
+                    found.push(place.clone());
+                }
+            }
+            for place in found {
+                pending.remove(&place);
+            }
+        }
+        if done {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "release did not end: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let through = bg.finish().await?;
+    anyhow::ensure!(through.responses > 0, "no load: {through:?}");
+    anyhow::ensure!(
+        pending.is_empty(),
+        "panels without data for a real release:\n{}",
+        pending
+            .iter()
+            .map(|(p, q)| format!("{p}: {q}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(op);
+    ns.cleanup().await?;
     Ok(())
 }

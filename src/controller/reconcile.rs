@@ -27,7 +27,8 @@ use crate::crd::{
 use crate::notify::{AlertEvent, Notifier};
 use crate::router::{self, Router, RouterError, RoutingApis};
 use crate::server::{
-    CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, WorkloadLabels,
+    CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, ThresholdLabels,
+    WorkloadLabels,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -896,18 +897,37 @@ fn record_metrics(
                 })
                 .set(v);
         }
+        for (bound, value) in threshold_bounds(c.threshold.as_deref().unwrap_or("")) {
+            m.metric_threshold
+                .get_or_create(&ThresholdLabels {
+                    name: canary.name_any(),
+                    namespace: ns.clone(),
+                    metric: c.name.clone(),
+                    bound: bound.into(),
+                })
+                .set(value);
+        }
     }
+    if let Some(late) = step_lateness(old, new, settings.interval) {
+        m.step_lateness.observe(late.as_secs_f64());
+    }
+    let strategy = match settings.strategy {
+        crate::crd::Strategy::Canary { .. } => "canary",
+        crate::crd::Strategy::AbTesting { .. } => "ab-testing",
+        crate::crd::Strategy::BlueGreen { .. } => "blue-green",
+    };
+    let outcome = OutcomeLabels {
+        name: canary.name_any(),
+        namespace: ns,
+        deployment_strategy: strategy.into(),
+    };
+    // The series exist at zero before the first release ends: `rate` and `increase`
+    // cannot see the step of a series whose first sample already holds it, and the
+    // first promotion of a Canary would chart as none.
+    let _ = m.successes.get_or_create(&outcome);
+    let _ = m.failures.get_or_create(&outcome);
+    let _ = m.canary_duration.get_or_create(&labels);
     if new.phase != old.phase {
-        let strategy = match settings.strategy {
-            crate::crd::Strategy::Canary { .. } => "canary",
-            crate::crd::Strategy::AbTesting { .. } => "ab-testing",
-            crate::crd::Strategy::BlueGreen { .. } => "blue-green",
-        };
-        let outcome = OutcomeLabels {
-            name: canary.name_any(),
-            namespace: ns,
-            deployment_strategy: strategy.into(),
-        };
         let started = old
             .last_transition_time
             .as_deref()
@@ -930,6 +950,55 @@ fn record_metrics(
                 .observe(secs.max(0.0));
         }
     }
+}
+
+/// `(bound, value)` of a check's threshold text (`>= 99`, `<= 500`,
+/// `>= 2 and <= 3`); a webhook's `2xx` has none.
+fn threshold_bounds(text: &str) -> Vec<(&'static str, f64)> {
+    text.split(" and ")
+        .filter_map(|part| {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix(">=") {
+                v.trim().parse().ok().map(|v| ("min", v))
+            } else if let Some(v) = part.strip_prefix("<=") {
+                v.trim().parse().ok().map(|v| ("max", v))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// How late this tick's analysis step ran: its time minus the previous step's plus
+/// the interval. Only for a step that followed another without a hold between them
+/// (a hold is the release waiting on purpose, not the operator being late).
+fn step_lateness(
+    old: &CanaryStatus,
+    new: &CanaryStatus,
+    interval: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let analysing = |p: Option<Phase>| {
+        matches!(
+            p,
+            Some(Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting)
+        )
+    };
+    if !analysing(old.phase) || !analysing(new.phase) || old.hold_reason.is_some() {
+        return None;
+    }
+    let parse = |t: Option<&str>| {
+        t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (prev, this) = (
+        parse(old.last_step_time.as_deref())?,
+        parse(new.last_step_time.as_deref())?,
+    );
+    if this <= prev {
+        return None;
+    }
+    let due = prev + chrono::Duration::from_std(interval).ok()?;
+    Some((this - due).to_std().unwrap_or_default())
 }
 
 /// Maps a watched object to the Canaries that must look at it: those in its
@@ -956,4 +1025,55 @@ pub fn canaries_in_namespace(store: &Store<Canary>, ns: Option<String>) -> Vec<O
         .filter(|c| c.namespace() == ns)
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn threshold_text_gives_its_bounds() {
+        assert_eq!(threshold_bounds(">= 99"), vec![("min", 99.0)]);
+        assert_eq!(threshold_bounds("<= 500"), vec![("max", 500.0)]);
+        assert_eq!(
+            threshold_bounds(">= 2 and <= 3.5"),
+            vec![("min", 2.0), ("max", 3.5)]
+        );
+        assert!(threshold_bounds("2xx").is_empty());
+        assert!(threshold_bounds("").is_empty());
+    }
+
+    fn at(phase: Phase, step: &str, hold: Option<&str>) -> CanaryStatus {
+        CanaryStatus {
+            phase: Some(phase),
+            last_step_time: Some(step.into()),
+            hold_reason: hold.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lateness_is_the_step_time_past_its_due_time() {
+        let i = Duration::from_secs(10);
+        let old = at(Phase::Progressing, "2026-01-01T00:00:00Z", None);
+        let new = at(Phase::Progressing, "2026-01-01T00:00:10.250Z", None);
+        assert_eq!(
+            step_lateness(&old, &new, i),
+            Some(Duration::from_millis(250))
+        );
+        // Early (a retry after an error) counts as on time.
+        let early = at(Phase::Progressing, "2026-01-01T00:00:09Z", None);
+        assert_eq!(step_lateness(&old, &early, i), Some(Duration::ZERO));
+        // The same step seen twice, a hold before it, or no release: nothing.
+        assert_eq!(step_lateness(&old, &old, i), None);
+        let held = at(
+            Phase::Progressing,
+            "2026-01-01T00:00:00Z",
+            Some("analysis inconclusive: x"),
+        );
+        assert_eq!(step_lateness(&held, &new, i), None);
+        let settled = at(Phase::Succeeded, "2026-01-01T00:00:00Z", None);
+        assert_eq!(step_lateness(&settled, &new, i), None);
+    }
 }

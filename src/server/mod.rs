@@ -36,6 +36,15 @@ pub struct MetricLabels {
     pub metric: String,
 }
 
+/// `bound` is `min` or `max`: a range check has both.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThresholdLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    pub bound: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub name: String,
@@ -59,6 +68,14 @@ pub struct Metrics {
     pub canary_weight: Family<WorkloadLabels, Gauge>,
     pub canary_duration: Family<CanaryLabels, Histogram>,
     pub metric_analysis: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    /// The bounds each check's value is judged against, so that a chart shows the
+    /// value and the line it must stay on the right side of.
+    pub metric_threshold: Family<ThresholdLabels, Gauge<f64, AtomicU64>>,
+    /// How late each analysis step ran after it fell due (its interval after the
+    /// previous one). No per-Canary label: with a thousand Canaries the scheduling
+    /// question is about the operator, and per-Canary buckets would be most of
+    /// `/metrics`.
+    pub step_lateness: Histogram,
     pub successes: Family<OutcomeLabels, Counter>,
     pub failures: Family<OutcomeLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -114,6 +131,18 @@ impl Metrics {
             "Last value of each metric check",
             metric_analysis.clone(),
         );
+        let metric_threshold = Family::default();
+        registry.register(
+            "serin_canary_metric_threshold",
+            "Threshold of each metric check, by bound (min or max)",
+            metric_threshold.clone(),
+        );
+        let step_lateness = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
+        registry.register(
+            "serin_step_lateness_seconds",
+            "Seconds an analysis step ran after it was due",
+            step_lateness.clone(),
+        );
         let successes = Family::default();
         registry.register(
             "serin_canary_successes",
@@ -152,6 +181,8 @@ impl Metrics {
             canary_weight,
             canary_duration,
             metric_analysis,
+            metric_threshold,
+            step_lateness,
             successes,
             failures,
             reconcile_errors,
