@@ -7,6 +7,7 @@
 //! verdict with the reason in `message`: a gate is never skipped and nothing here
 //! panics. Only "no data" and "too few samples" are `Inconclusive` (the step holds).
 
+pub mod backend;
 pub mod builtin;
 pub mod nodata;
 pub mod prometheus;
@@ -24,6 +25,7 @@ use crate::crd::{
 };
 use crate::router::BoxFuture;
 
+use backend::{BackendError, BackendKind, MetricBackend};
 use builtin::{BuiltinMetric, GatewayMetrics, MetricsLabels};
 use prometheus::{PromAuth, PromClient, PromError};
 use template::{TemplateError, TemplateModel, render};
@@ -44,12 +46,16 @@ pub enum AnalysisError {
     MissingSecret { namespace: String, name: String },
     #[error("MetricTemplate {namespace}/{name} not found")]
     MissingTemplate { namespace: String, name: String },
-    #[error("MetricTemplate {template}: provider type {kind:?} is not supported (use prometheus)")]
+    #[error(
+        "MetricTemplate {template}: provider type {kind:?} is not supported (use prometheus, graphite or influxdb)"
+    )]
     UnsupportedProvider { template: String, kind: String },
     #[error(
         "no metrics server: set spec.metricsServer, the template's provider.address or --metrics-server"
     )]
     NoMetricsServer,
+    #[error("a {0} MetricTemplate needs provider.address")]
+    NoBackendAddress(&'static str),
     #[error("no threshold: set thresholdRange.min and/or thresholdRange.max")]
     NoThreshold,
     #[error("minSampleCount needs sampleCountQuery for a metric that is not built-in")]
@@ -60,8 +66,10 @@ pub enum AnalysisError {
     Template(#[from] TemplateError),
     #[error("query failed: {0}")]
     Prometheus(#[from] PromError),
+    #[error("query failed: {0}")]
+    Backend(#[from] BackendError),
     #[error("sample count query failed: {0}")]
-    SampleCount(PromError),
+    SampleCount(BackendError),
     #[error("{0}")]
     Webhook(#[from] WebhookError),
     #[error("timed out after {0:?}")]
@@ -269,7 +277,7 @@ pub fn judge(
 
 /// What a metric resolves to before it is run.
 struct Plan {
-    client: PromClient,
+    client: Box<dyn MetricBackend>,
     query: String,
     sample_query: Option<String>,
 }
@@ -331,42 +339,66 @@ async fn plan(
                     name: tref.name.clone(),
                 })?;
         let provider = &tpl.spec.provider;
-        if !matches!(
-            provider.r#type.as_str(),
-            "prometheus" | "thanos" | "mimir" | "victoriametrics" | ""
-        ) {
+        let Some(kind) = BackendKind::of(provider.r#type.as_str()) else {
             return Err(AnalysisError::UnsupportedProvider {
                 template: format!("{ns}/{}", tref.name),
                 kind: provider.r#type.clone(),
             });
-        }
+        };
         let secret = match &provider.secret_ref {
             Some(sref) => Some(ctx.secret(&ns, &sref.name).await?),
             None => None,
         };
-        // Flagger reads the address from the Secret when it has one; Serin then
-        // falls back to the template's, then the Canary's / operator's server.
-        let address = secret
-            .as_ref()
-            .and_then(|s| s.get("address"))
-            .map(|a| String::from_utf8_lossy(a).trim().to_string())
-            .filter(|a| !a.is_empty())
-            .or_else(|| provider.address.clone().filter(|a| !a.trim().is_empty()))
-            .or_else(|| canary_metrics_server(ctx, canary))
-            .ok_or(AnalysisError::NoMetricsServer)?;
-        let auth = secret.as_ref().and_then(PromAuth::from_secret);
-        let client = PromClient::new(
-            &ctx.http,
-            &address,
-            provider.headers.as_ref(),
-            auth,
-            provider.insecure_skip_verify.unwrap_or(false),
-            timeout,
-        )?;
-        (client, render(&tpl.spec.query, &model)?)
+        let query = render(&tpl.spec.query, &model)?;
+        let skip_verify = provider.insecure_skip_verify.unwrap_or(false);
+        let template_address = provider.address.clone().filter(|a| !a.trim().is_empty());
+        let client: Box<dyn MetricBackend> = match kind {
+            BackendKind::Prometheus => {
+                // Flagger reads the address from the Secret when it has one; Serin
+                // then falls back to the template's, then the Canary's / operator's
+                // server.
+                let address = secret
+                    .as_ref()
+                    .and_then(|s| s.get("address"))
+                    .map(|a| String::from_utf8_lossy(a).trim().to_string())
+                    .filter(|a| !a.is_empty())
+                    .or(template_address)
+                    .or_else(|| canary_metrics_server(ctx, canary))
+                    .ok_or(AnalysisError::NoMetricsServer)?;
+                let auth = secret.as_ref().and_then(PromAuth::from_secret);
+                Box::new(PromClient::new(
+                    &ctx.http,
+                    &address,
+                    provider.headers.as_ref(),
+                    auth,
+                    skip_verify,
+                    timeout,
+                )?)
+            }
+            // The Canary's metricsServer is a Prometheus: other backends need their
+            // own address, as in Flagger.
+            BackendKind::Graphite => Box::new(backend::graphite::GraphiteClient::new(
+                &ctx.http,
+                &template_address.ok_or(AnalysisError::NoBackendAddress("graphite"))?,
+                secret.as_ref(),
+                skip_verify,
+                timeout,
+            )?),
+            BackendKind::InfluxDb => Box::new(backend::influxdb::InfluxClient::new(
+                &ctx.http,
+                &template_address.ok_or(AnalysisError::NoBackendAddress("influxdb"))?,
+                secret.as_ref(),
+                &query,
+                skip_verify,
+                timeout,
+            )?),
+        };
+        (client, query)
     } else {
         let address = canary_metrics_server(ctx, canary).ok_or(AnalysisError::NoMetricsServer)?;
-        let client = PromClient::new(&ctx.http, &address, None, None, false, timeout)?;
+        let client: Box<dyn MetricBackend> = Box::new(PromClient::new(
+            &ctx.http, &address, None, None, false, timeout,
+        )?);
         let query = match (&metric.query, builtin) {
             (_, Some(b)) => builtin::query(
                 settings.provider,
@@ -430,7 +462,7 @@ async fn measure(
         }
     };
     let (samples, value) = futures::join!(count, plan.client.query(&plan.query));
-    let (samples, value) = (samples?, value?);
+    let (samples, value) = (samples?, value.map_err(AnalysisError::Backend)?);
     Ok((value, samples, plan))
 }
 
@@ -443,15 +475,14 @@ async fn explain_no_data(
     timeout: Duration,
     judged: &str,
 ) -> String {
-    let found = match tokio::time::timeout(
-        timeout,
-        nodata::explain(&plan.client, &plan.query, namespace),
-    )
-    .await
-    {
-        Ok(text) => text,
-        Err(_) => format!("looking up the series timed out after {timeout:?}"),
+    let Some(prom) = plan.client.prometheus() else {
+        return format!("{judged}. Query: {}", plan.query);
     };
+    let found =
+        match tokio::time::timeout(timeout, nodata::explain(prom, &plan.query, namespace)).await {
+            Ok(text) => text,
+            Err(_) => format!("looking up the series timed out after {timeout:?}"),
+        };
     let hint = match builtin_labels {
         Some(l) => format!(
             "; see --metrics-labels (built-ins select on the {} label convention)",
