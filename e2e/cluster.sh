@@ -233,6 +233,10 @@ install_packages() {
   command -v ss >/dev/null || need+=(iproute2)
   # The install test builds the operator's image (make image) without a daemon.
   command -v buildah >/dev/null || need+=(buildah)
+  # Real metric servers for the MetricTemplate backend tests (e2e/tests/backends.rs).
+  command -v influxd >/dev/null || need+=(influxdb)
+  command -v carbon-cache >/dev/null || need+=(graphite-carbon)
+  command -v graphite-manage >/dev/null || need+=(graphite-web)
   [[ -x /usr/bin/python3 ]] || need+=(python3)
   /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
   /usr/bin/python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
@@ -247,6 +251,9 @@ install_packages() {
         service "$p" stop >/dev/null 2>&1 || true
       fi
     done
+    # The backend tests start their own InfluxDB and carbon on free ports.
+    pgrep -x influxd >/dev/null && { service influxdb stop >/dev/null 2>&1 || true; }
+    pgrep -f carbon-cache >/dev/null && { service carbon-cache stop >/dev/null 2>&1 || true; }
   fi
   local venv=$CACHE/venv
   local have=""

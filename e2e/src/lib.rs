@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backends;
 pub mod canary;
 pub mod load;
 pub mod operator;
