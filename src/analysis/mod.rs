@@ -47,7 +47,7 @@ pub enum AnalysisError {
     #[error("MetricTemplate {namespace}/{name} not found")]
     MissingTemplate { namespace: String, name: String },
     #[error(
-        "MetricTemplate {template}: provider type {kind:?} is not supported (use prometheus, graphite or influxdb)"
+        "MetricTemplate {template}: provider type {kind:?} is not supported (use prometheus, graphite, influxdb, datadog, newrelic or dynatrace)"
     )]
     UnsupportedProvider { template: String, kind: String },
     #[error(
@@ -384,6 +384,24 @@ async fn plan(
                 skip_verify,
                 timeout,
             )?),
+            BackendKind::Saas(kind) => {
+                let interval = match metric.interval.as_deref().filter(|i| !i.trim().is_empty()) {
+                    None => Duration::from_secs(60),
+                    Some(i) => parse_duration(i).map_err(|e| AnalysisError::Invalid {
+                        field: format!("metrics[{}].interval", metric.name),
+                        why: e.to_string(),
+                    })?,
+                };
+                Box::new(backend::saas::SaasClient::new(
+                    kind,
+                    &ctx.http,
+                    template_address.as_deref(),
+                    secret.as_ref(),
+                    interval,
+                    skip_verify,
+                    timeout,
+                )?)
+            }
             BackendKind::InfluxDb => Box::new(backend::influxdb::InfluxClient::new(
                 &ctx.http,
                 &template_address.ok_or(AnalysisError::NoBackendAddress("influxdb"))?,

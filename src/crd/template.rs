@@ -29,8 +29,8 @@ pub struct MetricTemplateSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricProvider {
-    /// `prometheus` (also Thanos, Mimir, VictoriaMetrics), `graphite` or `influxdb`
-    /// (Flux for InfluxDB 2; InfluxQL for 1.x). Flagger's other provider types are
+    /// `prometheus` (also Thanos, Mimir, VictoriaMetrics), `graphite`, `influxdb`
+    /// (Flux for InfluxDB 2; InfluxQL for 1.x), `datadog`, `newrelic` or `dynatrace`. Flagger's other provider types are
     /// accepted and reported as unsupported.
     pub r#type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

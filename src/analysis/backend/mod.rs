@@ -6,6 +6,7 @@
 
 pub mod graphite;
 pub mod influxdb;
+pub mod saas;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,6 +82,7 @@ pub enum BackendKind {
     Prometheus,
     Graphite,
     InfluxDb,
+    Saas(saas::Saas),
 }
 
 impl BackendKind {
@@ -92,6 +94,9 @@ impl BackendKind {
             }
             "graphite" => Some(BackendKind::Graphite),
             "influxdb" => Some(BackendKind::InfluxDb),
+            "datadog" => Some(BackendKind::Saas(saas::Saas::Datadog)),
+            "newrelic" => Some(BackendKind::Saas(saas::Saas::NewRelic)),
+            "dynatrace" => Some(BackendKind::Saas(saas::Saas::Dynatrace)),
             _ => None,
         }
     }

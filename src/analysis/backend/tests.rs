@@ -254,5 +254,229 @@ fn provider_types() {
     }
     assert_eq!(BackendKind::of("graphite"), Some(BackendKind::Graphite));
     assert_eq!(BackendKind::of("influxdb"), Some(BackendKind::InfluxDb));
-    assert_eq!(BackendKind::of("datadog"), None);
+    assert_eq!(
+        BackendKind::of("datadog"),
+        Some(BackendKind::Saas(super::saas::Saas::Datadog))
+    );
+    assert_eq!(BackendKind::of("cloudwatch"), None);
+}
+
+// ---- Datadog, New Relic, Dynatrace: the requests their APIs document ----------
+
+use super::saas::{Saas, SaasClient, value_of};
+
+#[test]
+fn saas_answers_in_their_documented_shapes() {
+    let dd = r#"{"status":"ok","series":[{"metric":"m","pointlist":[[1796319928000.0, 0.97],[1796319938000.0, 0.5]]}]}"#;
+    assert_eq!(value_of(Saas::Datadog, dd), Ok(Some(0.97)));
+    assert_eq!(value_of(Saas::Datadog, r#"{"series":[]}"#), Ok(None));
+    assert_eq!(
+        value_of(Saas::Datadog, r#"{"series":[{"pointlist":[[1.0, null]]}]}"#),
+        Ok(None)
+    );
+    let nr = r#"{"results":[{"result": 12.5}],"metadata":{}}"#;
+    assert_eq!(value_of(Saas::NewRelic, nr), Ok(Some(12.5)));
+    assert_eq!(
+        value_of(Saas::NewRelic, r#"{"results":[{"result": null}]}"#),
+        Ok(None)
+    );
+    let dt = r#"{"totalCount":1,"result":[{"metricId":"m","data":[{"dimensions":[],"timestamps":[1],"values":[3.0]},{"dimensions":[],"timestamps":[2],"values":[4.5]}]}]}"#;
+    assert_eq!(value_of(Saas::Dynatrace, dt), Ok(Some(4.5)));
+    assert_eq!(
+        value_of(Saas::Dynatrace, r#"{"result":[{"data":[]}]}"#),
+        Ok(None)
+    );
+    assert!(value_of(Saas::Datadog, "<html>").is_err());
+}
+
+#[test]
+fn saas_requests_ask_for_the_window_flagger_asks_for() {
+    let interval = Duration::from_secs(60);
+    let dd = secret(&[("datadog_api_key", "a"), ("datadog_application_key", "b")]);
+    let c = SaasClient::new(
+        Saas::Datadog,
+        &client(),
+        None,
+        Some(&dd),
+        interval,
+        false,
+        T,
+    )
+    .expect("client");
+    let u = c.url("avg:m{*}", 1_000_000);
+    assert_eq!(u.host_str(), Some("api.datadoghq.com"));
+    assert_eq!(u.path(), "/api/v1/query");
+    let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
+    assert_eq!(q["query"], "avg:m{*}");
+    assert_eq!(q["from"], (1_000_000 - 600).to_string());
+    assert_eq!(q["to"], "1000000");
+
+    let nr = secret(&[("newrelic_account_id", "42"), ("newrelic_query_key", "k")]);
+    let c = SaasClient::new(
+        Saas::NewRelic,
+        &client(),
+        None,
+        Some(&nr),
+        interval,
+        false,
+        T,
+    )
+    .expect("client");
+    let u = c.url("SELECT count(*) FROM Transaction", 0);
+    assert_eq!(u.path(), "/v1/accounts/42/query");
+    let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
+    assert_eq!(
+        q["nrql"],
+        "SELECT count(*) FROM Transaction SINCE 60 seconds ago"
+    );
+
+    let dt = secret(&[("dynatrace_token", "t")]);
+    let c = SaasClient::new(
+        Saas::Dynatrace,
+        &client(),
+        Some("https://abc.live.dynatrace.com"),
+        Some(&dt),
+        interval,
+        false,
+        T,
+    )
+    .expect("client");
+    let u = c.url("builtin:service.response.time", 1_000);
+    assert_eq!(u.path(), "/api/v2/metrics/query");
+    let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
+    assert_eq!(q["resolution"], "Inf");
+    assert_eq!(q["from"], (1_000_000 - 600_000).to_string());
+    assert_eq!(q["to"], "1000000");
+    // Dynatrace has no default environment; a missing key is named.
+    let e = SaasClient::new(
+        Saas::Dynatrace,
+        &client(),
+        None,
+        Some(&dt),
+        interval,
+        false,
+        T,
+    )
+    .expect_err("no address");
+    assert!(e.to_string().contains("provider.address"), "{e}");
+    let e = SaasClient::new(Saas::Datadog, &client(), None, None, interval, false, T)
+        .expect_err("no secret");
+    assert!(e.to_string().contains("datadog_api_key"), "{e}");
+}
+
+/// One local server per API: it answers only a request carrying the documented
+/// credentials header, and errors in the API's own error shape.
+#[tokio::test]
+async fn saas_backends_send_their_credentials_and_keep_the_error_text() {
+    async fn check(
+        h: &HeaderMap,
+        name: &str,
+        want: &str,
+        ok: &'static str,
+        err: &'static str,
+    ) -> (StatusCode, &'static str) {
+        if h.get(name).and_then(|v| v.to_str().ok()) == Some(want) {
+            (StatusCode::OK, ok)
+        } else {
+            (StatusCode::FORBIDDEN, err)
+        }
+    }
+    let app = Router::new()
+        .route(
+            "/api/v1/query",
+            get(|h: HeaderMap| async move {
+                if h.get("dd-application-key").and_then(|v| v.to_str().ok()) != Some("app") {
+                    return (StatusCode::FORBIDDEN, r#"{"errors": ["Forbidden"]}"#);
+                }
+                check(
+                    &h,
+                    "dd-api-key",
+                    "api",
+                    r#"{"series":[{"pointlist":[[1.0, 99.9]]}]}"#,
+                    r#"{"errors": ["Forbidden"]}"#,
+                )
+                .await
+            }),
+        )
+        .route(
+            "/v1/accounts/{id}/query",
+            get(|h: HeaderMap| async move {
+                check(
+                    &h,
+                    "x-query-key",
+                    "qk",
+                    r#"{"results":[{"result": 7}]}"#,
+                    r#"{"error": "Invalid query key"}"#,
+                )
+                .await
+            }),
+        )
+        .route(
+            "/api/v2/metrics/query",
+            get(|h: HeaderMap| async move {
+                check(
+                    &h,
+                    "authorization",
+                    "Api-Token dt",
+                    r#"{"result":[{"data":[{"values":[250.0]}]}]}"#,
+                    r#"{"error":{"code":403,"message":"Token is missing required scope"}}"#,
+                )
+                .await
+            }),
+        );
+    let addr = serve(app).await;
+    let i = Duration::from_secs(30);
+    let run = |kind, s: BTreeMap<String, Vec<u8>>| {
+        let addr = addr.clone();
+        async move {
+            SaasClient::new(kind, &client(), Some(&addr), Some(&s), i, false, T)
+                .expect("client")
+                .query("q")
+                .await
+        }
+    };
+    let dd = |k: &str| secret(&[("datadog_api_key", k), ("datadog_application_key", "app")]);
+    assert_eq!(run(Saas::Datadog, dd("api")).await.expect("dd"), Some(99.9));
+    let e = run(Saas::Datadog, dd("wrong")).await.expect_err("403");
+    assert!(e.to_string().contains("Forbidden"), "{e}");
+    let nr = |k: &str| secret(&[("newrelic_account_id", "1"), ("newrelic_query_key", k)]);
+    assert_eq!(run(Saas::NewRelic, nr("qk")).await.expect("nr"), Some(7.0));
+    let e = run(Saas::NewRelic, nr("no")).await.expect_err("403");
+    assert!(e.to_string().contains("Invalid query key"), "{e}");
+    let dt = |k: &str| secret(&[("dynatrace_token", k)]);
+    assert_eq!(
+        run(Saas::Dynatrace, dt("dt")).await.expect("dt"),
+        Some(250.0)
+    );
+    let e = run(Saas::Dynatrace, dt("x")).await.expect_err("403");
+    assert!(e.to_string().contains("required scope"), "{e}");
+}
+
+#[test]
+fn credentials_never_show_in_debug() {
+    let dd = secret(&[
+        ("datadog_api_key", "SECRET-API"),
+        ("datadog_application_key", "SECRET-APP"),
+    ]);
+    let c = SaasClient::new(
+        Saas::Datadog,
+        &client(),
+        None,
+        Some(&dd),
+        Duration::from_secs(60),
+        false,
+        T,
+    )
+    .expect("client");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("SECRET"), "{shown}");
+    let g = GraphiteClient::new(
+        &client(),
+        "http://g",
+        Some(&secret(&[("username", "u"), ("password", "SECRET-PW")])),
+        false,
+        T,
+    )
+    .expect("client");
+    assert!(!format!("{g:?}").contains("SECRET"));
 }
