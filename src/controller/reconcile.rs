@@ -261,8 +261,11 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         }
     };
 
-    let Some(target) = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name())
-    else {
+    let target = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name());
+    // A target on its way out (its namespace being deleted, say) is not one to hand
+    // the traffic back to: waiting for it to become ready would only hold the delete.
+    let target = target.filter(|t| !(deleting && t.metadata().deletion_timestamp.is_some()));
+    let Some(target) = target else {
         if deleting {
             remove_finalizer(canary, ctx).await?;
             return Ok(Requeue::await_change());
