@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, wait_phase, wait_target_at_zero};
+use serin_e2e::canary::{canaries, release, status, wait_phase, wait_target_at_zero};
 use serin_e2e::load::{self, Steady};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
@@ -161,10 +163,6 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
         "delete took {took:?}; load: sent {} answered {} by status {:?} by version {:?}",
         report.sent, report.responses, report.by_status, report.by_version
     );
-    assert!(
-        saw_terminating.get(),
-        "the deletion was staged (Terminating seen)"
-    );
     assert!(report.responses > 100, "load ran through: {report:?}");
     assert_eq!(
         report.errors, 0,
@@ -180,6 +178,10 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
     );
     load::assert_not_dark("steady load through the delete", &report, Duration::ZERO);
     assert_eq!(report.count("v1"), report.responses, "{report:?}");
+    assert!(
+        saw_terminating.get(),
+        "the deletion was staged (Terminating seen)"
+    );
 
     // The user's Deployment serves at its replicas, behind the user's Service and route.
     assert_eq!(replicas(&client, &ns.name, "web").await?, Some(2));
@@ -295,6 +297,138 @@ async fn revert_on_deletion_false_keeps_flaggers_behaviour() -> Result<()> {
     assert!(
         list_pods(&client, &ns.name, "app=app").await?.is_empty(),
         "no target pods"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+fn apex_selector(svc: Service) -> Option<String> {
+    svc.spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.get("app").cloned())
+}
+
+/// A target that cannot become ready (its last revision crashes, the release failed)
+/// holds the delete: the finalizer stays, the primary keeps serving behind the apex,
+/// and the Ready condition and an Event say why and that the finalizer can be removed
+/// by hand; removed by hand, the Canary goes and the user's Deployment is kept.
+#[tokio::test]
+async fn deleting_with_a_target_that_cannot_become_ready_holds_and_says_why() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("deletion_held") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-delete-held").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "kubernetes"]).await?;
+    let mut app = SampleApp::new(&ns.name, "app", &env.sample_app_command()).replicas(2);
+    app.deploy(&client).await?;
+    apply_json(
+        &client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "app", "namespace": ns.name},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                "progressDeadlineSeconds": 15,
+                "service": {"port": 80, "targetPort": 8080},
+                "analysis": {"interval": "3s", "threshold": 1, "iterations": 2}
+            }
+        }),
+    )
+    .await?;
+    let api = canaries(&client, &ns.name);
+    wait_phase(&api, "app", "Initialized", Duration::from_secs(60), &op).await?;
+    app = app.version("v2").env("CRASH", "1");
+    release(&client, &app).await?;
+    wait_phase(&api, "app", "Failed", Duration::from_secs(60), &op).await?;
+    wait_target_at_zero(&client, &ns.name, "app").await?;
+
+    api.delete("app", &DeleteParams::default()).await?;
+    let held = wait_for(
+        "the delete held on the target",
+        Duration::from_secs(30),
+        || async {
+            let s = status(&api, "app").await?;
+            let ready = s["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .cloned();
+            Ok(ready.filter(|c| {
+                s["phase"] == "Terminating"
+                    && c["status"] == "False"
+                    && c["reason"] == "TargetNotReady"
+            }))
+        },
+    )
+    .await
+    .with_context(|| op.log_tail(40))?;
+    let msg = held["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(FINALIZER) && msg.contains("remove the finalizer by hand"),
+        "the condition says how to get out: {msg}"
+    );
+    // Several ticks later: still held, the primary still the one serving.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let c = api.get("app").await?;
+    assert!(
+        finalizers(&c).iter().any(|f| f == FINALIZER),
+        "finalizer kept while the target is not ready"
+    );
+    assert_eq!(c.data["status"]["phase"], "Terminating");
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    assert_eq!(
+        apex_selector(services.get("app").await?).as_deref(),
+        Some("app-primary"),
+        "traffic stays on the primary"
+    );
+    let primary_pods = list_pods(&client, &ns.name, "app=app-primary").await?;
+    assert_eq!(
+        primary_pods.iter().filter(|p| pod_ready(p)).count(),
+        2,
+        "the primary serves at its replicas"
+    );
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        Some(2),
+        "the target was given the primary's replicas"
+    );
+    let events = Api::<Event>::namespaced(client.clone(), &ns.name)
+        .list(&Default::default())
+        .await?;
+    let event = events
+        .items
+        .iter()
+        .find(|e| {
+            e.involved_object.name.as_deref() == Some("app")
+                && e.reason.as_deref() == Some("TargetNotReady")
+        })
+        .with_context(|| format!("a TargetNotReady Event: {:?}", events.items.len()))?;
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("remove the finalizer by hand")),
+        "{:?}",
+        event.message
+    );
+
+    // The way out the message names.
+    let patch = json!({"metadata": {"finalizers": null}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_for("canary gone", Duration::from_secs(10), || async {
+        Ok(api.get_opt("app").await?.is_none().then_some(()))
+    })
+    .await?;
+    wait_primary_gone(&client, &ns.name, "app-primary").await?;
+    assert_eq!(
+        replicas(&client, &ns.name, "app").await?,
+        Some(2),
+        "the user's Deployment is kept"
     );
     drop(op);
     ns.cleanup().await?;

@@ -138,7 +138,10 @@ const DRAINING_DETAIL: &str =
     "all traffic is on the canary; the primary rolls out once the data plane has moved off it";
 const HOLD_SETTLING: &str = "primary settling";
 /// Hold keys of a deletion: the target coming back up, then traffic draining to it.
+const HOLD_RESTORING: &str = "restoring the target";
+// Its own key after HOLD_RESTORING, so the Event that explains it is sent.
 const HOLD_TARGET_NOT_READY: &str = "target not ready";
+const REASON_TARGET_NOT_READY: &str = "TargetNotReady";
 const HOLD_TO_TARGET: &str = "traffic moved to the target";
 const TO_TARGET_DETAIL: &str =
     "traffic is on the target; the primary goes once the data plane has moved off it";
@@ -437,7 +440,7 @@ impl Machine<'_> {
         if !self.obs.target_scaled_up {
             self.actions.push(Action::RestoreTarget);
             self.hold(
-                HOLD_TARGET_NOT_READY,
+                HOLD_RESTORING,
                 "scaling the target back up; the primary keeps serving until it is ready",
             );
             return;
@@ -451,6 +454,20 @@ impl Machine<'_> {
                 self.status.hold_since = Some(self.now.to_rfc3339());
                 self.status.hold_reason = Some(format!("{HOLD_TO_TARGET}: {TO_TARGET_DETAIL}"));
                 self.requeue = DRAIN;
+                let was_held =
+                    self.status.conditions.iter().any(|c| {
+                        c.r#type == CONDITION_READY && c.reason == REASON_TARGET_NOT_READY
+                    });
+                if was_held {
+                    set_condition(
+                        &mut self.status.conditions,
+                        CONDITION_READY,
+                        true,
+                        "TargetReady",
+                        "Canary deleted: the target is ready and takes the traffic back",
+                        self.now,
+                    );
+                }
                 self.event(
                     Severity::Info,
                     "Terminating",
@@ -484,7 +501,7 @@ impl Machine<'_> {
                     &mut self.status.conditions,
                     CONDITION_READY,
                     false,
-                    "TargetNotReady",
+                    REASON_TARGET_NOT_READY,
                     &format!("Canary deleted, target not ready: {detail}"),
                     self.now,
                 );

@@ -1110,6 +1110,36 @@ fn deletion_hold_explains_the_finalizer() {
     let again = decided(&reverting(), &d.status, &o, t0() + secs(5));
     assert_eq!(again.status.hold_since, d.status.hold_since);
     assert!(again.events.is_empty(), "{:?}", again.events);
+    // Coming from the scale-up stage, the not-ready hold still gets its own Event.
+    let scaling = decided(
+        &reverting(),
+        &status(Phase::Succeeded, "v1"),
+        &deleting(obs("v1")),
+        t0(),
+    );
+    assert_eq!(scaling.actions, vec![Action::RestoreTarget]);
+    let after = decided(&reverting(), &scaling.status, &o, t0() + secs(5));
+    assert_eq!(
+        after.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["TargetNotReady"]
+    );
+    // Once the target is ready the condition says so, not the stale hold.
+    let ready_now = Observations {
+        canary: Readiness::Ready,
+        ..o
+    };
+    let moved = decided(&reverting(), &again.status, &ready_now, t0() + secs(10));
+    assert_eq!(moved.actions, vec![Action::RestoreTarget, Action::Finalize]);
+    let ready = moved
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == CONDITION_READY)
+        .expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "TargetReady")
+    );
 }
 
 /// `revertOnDeletion: false` is Flagger's behaviour: nothing is restored, the phase
