@@ -14,7 +14,7 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 use serin_e2e::canary::{canaries, release, status, wait_phase, wait_target_at_zero};
-use serin_e2e::load::{self, Steady};
+use serin_e2e::load::{self, LoadReport, Steady};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
 
@@ -59,6 +59,123 @@ async fn wait_primary_gone(client: &Client, ns: &str, primary: &str) -> Result<(
     .await
 }
 
+/// The app as it was before Serin (Deployment `web`, its Service and an HTTPRoute of
+/// the user's on the gateway), then a Canary for it on that route with `analysis`.
+async fn routed_app(
+    env: &ClusterEnv,
+    client: &Client,
+    ns: &str,
+    host: &str,
+    analysis: Value,
+) -> Result<SampleApp> {
+    let app = SampleApp::new(ns, "web", &env.sample_app_command()).replicas(2);
+    app.deploy(client).await?;
+    apply_json(
+        client,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web-route", "namespace": ns},
+            "spec": {
+                "parentRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}],
+                "hostnames": [host],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                           "backendRefs": [{"name": "web", "port": 8080}]}]
+            }
+        }),
+    )
+    .await?;
+    apply_json(
+        client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {
+                "provider": "gatewayapi:v1",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "routeRef": {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                             "name": "web-route"},
+                "progressDeadlineSeconds": 60,
+                "service": {"port": 8080},
+                "analysis": analysis
+            }
+        }),
+    )
+    .await?;
+    Ok(app)
+}
+
+/// Every request of `report` answered 200 by the app.
+fn assert_no_failed_request(what: &str, report: &LoadReport) {
+    assert!(
+        report.responses > 100,
+        "{what}: load ran through: {report:?}"
+    );
+    assert_eq!(
+        report.errors, 0,
+        "{what}: no request unanswered: {:?}",
+        report.sample_errors
+    );
+    assert_eq!(
+        report.by_status.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{what}: every request answered 200: {:?} {:?}",
+        report.by_status,
+        report.dark_at
+    );
+    load::assert_not_dark(what, report, Duration::ZERO);
+}
+
+/// The user's route sends everything to the user's Service, which selects the target.
+async fn assert_back_on_the_target(client: &Client, ns: &str) -> Result<()> {
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .get("web")
+        .await
+        .context("the user's Service is kept")?;
+    assert_eq!(
+        apex_selector(svc).as_deref(),
+        Some("web"),
+        "the Service selects the target's pods"
+    );
+    let route = http_routes(client, ns)
+        .get("web-route")
+        .await
+        .context("the user's route is kept")?;
+    let backends: Vec<Value> = route.data["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = backends.iter().filter_map(|b| b["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["web"],
+        "the route sends everything to the user's Service"
+    );
+    Ok(())
+}
+
+/// Asks through the gateway: every answer from a target pod running `version`.
+async fn assert_target_answers(url: &str, host: &str, version: &str) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    for _ in 0..10 {
+        let body: Value = http
+            .get(url)
+            .header("Host", host)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let pod = body["pod"].as_str().unwrap_or_default();
+        if !pod.starts_with("web-") || pod.starts_with("web-primary-") || body["version"] != version
+        {
+            bail!("answered by {pod}, not a target pod at {version}: {body}");
+        }
+    }
+    Ok(())
+}
+
 /// The default: a Canary without `revertOnDeletion` is deleted while steady load runs
 /// through Traefik on the user's own HTTPRoute and Service. Not one request fails: the
 /// target is scaled back up and ready before the traffic moves to it, the primary goes
@@ -74,40 +191,12 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
     let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
     let host = format!("{}.e2e.local", ns.name);
     let url = format!("{}/", env.gateway);
-    // The app as it was before Serin: a Deployment, its Service and its route.
-    SampleApp::new(&ns.name, "web", &env.sample_app_command())
-        .replicas(2)
-        .deploy(&client)
-        .await?;
-    apply_json(
+    routed_app(
+        &env,
         &client,
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "web-route", "namespace": ns.name},
-            "spec": {
-                "parentRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}],
-                "hostnames": [host],
-                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                           "backendRefs": [{"name": "web", "port": 8080}]}]
-            }
-        }),
-    )
-    .await?;
-    apply_json(
-        &client,
-        json!({
-            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
-            "metadata": {"name": "web", "namespace": ns.name},
-            "spec": {
-                "provider": "gatewayapi:v1",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
-                "routeRef": {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                             "name": "web-route"},
-                "progressDeadlineSeconds": 60,
-                "service": {"port": 8080},
-                "analysis": {"interval": "5s", "threshold": 1, "iterations": 2}
-            }
-        }),
+        &ns.name,
+        &host,
+        json!({"interval": "5s", "threshold": 1, "iterations": 2}),
     )
     .await?;
     let api = canaries(&client, &ns.name);
@@ -163,20 +252,7 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
         "delete took {took:?}; load: sent {} answered {} by status {:?} by version {:?}",
         report.sent, report.responses, report.by_status, report.by_version
     );
-    assert!(report.responses > 100, "load ran through: {report:?}");
-    assert_eq!(
-        report.errors, 0,
-        "no request unanswered: {:?}",
-        report.sample_errors
-    );
-    assert_eq!(
-        report.by_status.keys().copied().collect::<Vec<_>>(),
-        vec![200],
-        "every request answered 200 through the delete: {:?} {:?}",
-        report.by_status,
-        report.dark_at
-    );
-    load::assert_not_dark("steady load through the delete", &report, Duration::ZERO);
+    assert_no_failed_request("steady load through the delete", &report);
     assert_eq!(report.count("v1"), report.responses, "{report:?}");
     assert!(
         saw_terminating.get(),
@@ -193,49 +269,8 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
         2,
         "target pods ready"
     );
-    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get("web")
-        .await
-        .context("the user's Service is kept")?;
-    assert_eq!(
-        svc.spec
-            .and_then(|s| s.selector)
-            .and_then(|s| s.get("app").cloned())
-            .as_deref(),
-        Some("web"),
-        "the Service selects the target's pods"
-    );
-    let route = http_routes(&client, &ns.name)
-        .get("web-route")
-        .await
-        .context("the user's route is kept")?;
-    let backends: Vec<Value> = route.data["spec"]["rules"][0]["backendRefs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let names: Vec<&str> = backends.iter().filter_map(|b| b["name"].as_str()).collect();
-    assert_eq!(
-        names,
-        ["web"],
-        "the route sends everything to the user's Service"
-    );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    for _ in 0..10 {
-        let body: Value = http
-            .get(&url)
-            .header("Host", &host)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let pod = body["pod"].as_str().unwrap_or_default();
-        if !pod.starts_with("web-") || pod.starts_with("web-primary-") {
-            bail!("answered by {pod}, not the target's pods: {body}");
-        }
-    }
+    assert_back_on_the_target(&client, &ns.name).await?;
+    assert_target_answers(&url, &host, "v1").await?;
     drop(op);
     ns.cleanup().await?;
     Ok(())
@@ -430,6 +465,62 @@ async fn deleting_with_a_target_that_cannot_become_ready_holds_and_says_why() ->
         Some(2),
         "the user's Deployment is kept"
     );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Deleted mid-release, while Traefik splits the traffic between the primary (v1) and
+/// the canary (v2): not one request fails, and the target serves its own revision
+/// (v2, the one the user declared) behind the user's route once the Canary is gone.
+#[tokio::test]
+async fn deleting_mid_release_under_load_fails_no_request() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("deletion_mid_release") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-delete-mid").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let host = format!("{}.e2e.local", ns.name);
+    let url = format!("{}/", env.gateway);
+    let analysis = json!({"interval": "10s", "threshold": 1, "stepWeights": [20, 40, 60, 80]});
+    let app = routed_app(&env, &client, &ns.name, &host, analysis).await?;
+    let api = canaries(&client, &ns.name);
+    wait_phase(&api, "web", "Initialized", Duration::from_secs(60), &op).await?;
+    serin_e2e::wait_route_serves(&url, &host, &["v1"], Duration::from_secs(30)).await?;
+    release(&client, &app.clone().version("v2")).await?;
+    wait_for("the split under way", Duration::from_secs(60), || async {
+        let s = status(&api, "web").await?;
+        Ok((s["phase"] == "Progressing" && s["canaryWeight"].as_u64() >= Some(20)).then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(40))?;
+
+    let steady = Steady::start(&url, &host, 40.0, Duration::from_secs(180));
+    // Traefik applies the split within a few seconds: the load sees both versions.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    api.delete("web", &DeleteParams::default()).await?;
+    wait_for("canary gone", Duration::from_secs(90), || async {
+        Ok(api.get_opt("web").await?.is_none().then_some(()))
+    })
+    .await
+    .with_context(|| op.log_tail(60))?;
+    wait_primary_gone(&client, &ns.name, "web-primary").await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let report = steady.finish().await?;
+    eprintln!(
+        "mid-release delete: sent {} answered {} by status {:?} by version {:?}",
+        report.sent, report.responses, report.by_status, report.by_version
+    );
+    assert_no_failed_request("steady load through the mid-release delete", &report);
+    assert!(
+        report.count("v1") > 0 && report.count("v2") > 0,
+        "the load saw the split: {report:?}"
+    );
+    assert_back_on_the_target(&client, &ns.name).await?;
+    assert_target_answers(&url, &host, "v2").await?;
+    serin_e2e::wait_deployment_available(&client, &ns.name, "web", 2, Duration::from_secs(30))
+        .await?;
     drop(op);
     ns.cleanup().await?;
     Ok(())
