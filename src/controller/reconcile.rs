@@ -234,9 +234,11 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     let wants_finalizer = canary.reverts_on_deletion();
 
     if !deleting && wants_finalizer && !has_finalizer {
-        let patch = serde_json::json!({"metadata": {"finalizers": [FINALIZER]}});
+        // Appended, not merged: a merge patch would replace the whole list and drop
+        // other controllers' finalizers (now that every Canary gets one by default).
+        let patch = workload::add_finalizer_patch(canary.metadata.finalizers.as_deref())?;
         api(ctx, &ns)
-            .patch(&name, &patch_params(), &Patch::Merge(&patch))
+            .patch(&name, &patch_params(), &patch)
             .await
             .map_err(|source| ReconcileError::Kube {
                 context: format!("adding finalizer to canary {ns}/{name}"),

@@ -82,6 +82,7 @@ pub use configs::{
 };
 pub use error::WorkloadError;
 pub use io::Workloads;
+pub use patch::add_finalizer_patch;
 pub use primary::{desired_target_replicas, render_primary, restore_replicas, revision_checksum};
 pub use readiness::{Readiness, primary_ready, readiness};
 
