@@ -398,9 +398,12 @@ impl Machine<'_> {
         if phase == Some(Phase::Terminated) {
             return;
         }
-        // Before initialization the target is what serves and there is no primary to
-        // hand over from; waiting would only hold up the delete.
-        if matches!(phase, None | Some(Phase::Initializing)) && self.obs.primary.is_none() {
+        // Before initialization the target is what serves: routes move to the primary
+        // only once it is ready. With no serving primary to hand over from, waiting
+        // would only hold up the delete.
+        if matches!(phase, None | Some(Phase::Initializing))
+            && self.obs.primary != Some(Readiness::Ready)
+        {
             self.status.phase = Some(Phase::Terminated);
             self.clear_hold();
             self.event(

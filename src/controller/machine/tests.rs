@@ -954,6 +954,11 @@ fn deletion_stages() {
         target_scaled_up: true,
         ..obs("v1")
     });
+    let primary_not_ready = deleting(Observations {
+        primary: Some(Readiness::NotReady("0 of 2 available".into())),
+        target_scaled_up: true,
+        ..obs("v1")
+    });
     let fresh = CanaryStatus::default();
     let initializing = CanaryStatus {
         phase: Some(Phase::Initializing),
@@ -992,7 +997,16 @@ fn deletion_stages() {
             requeue: Duration::from_secs(10),
         },
         Case {
-            name: "initializing with a primary: the full hand-back",
+            name: "initializing, primary not ready: the finalizer goes at once",
+            st: initializing.clone(),
+            o: &primary_not_ready,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: Duration::from_secs(10),
+        },
+        Case {
+            name: "initializing with a ready primary: the full hand-back",
             st: initializing,
             o: &up_ready,
             now: t0(),
