@@ -262,6 +262,7 @@ async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("deleting namespace {name}")),
     }
+    release_canary_finalizers(client, name).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), name);
     wait_for(
         &format!("pods of namespace {name} to go"),
@@ -279,6 +280,32 @@ async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
         },
     )
     .await
+}
+
+/// Removes Serin's finalizer from the namespace's Canaries, as a user would by hand:
+/// a test's operator is usually stopped before its namespace goes, and a Canary that
+/// keeps its finalizer would hold the namespace in Terminating for good. Best effort.
+async fn release_canary_finalizers(client: &Client, ns: &str) {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("serin.dev", "v1beta1", "Canary"),
+        "canaries",
+    );
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return;
+    };
+    for c in list.items {
+        if c.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()) {
+            continue;
+        }
+        let Some(name) = c.metadata.name.as_deref() else {
+            continue;
+        };
+        let patch = json!({"metadata": {"finalizers": null}});
+        let _ = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+    }
 }
 
 impl Drop for TestNamespace {
@@ -307,9 +334,10 @@ impl Drop for TestNamespace {
                     return;
                 };
                 if let Ok(c) = Client::try_from(cfg) {
-                    let _ = Api::<Namespace>::all(c)
+                    let _ = Api::<Namespace>::all(c.clone())
                         .delete(&name, &DeleteParams::default())
                         .await;
+                    release_canary_finalizers(&c, &name).await;
                 }
             });
         })

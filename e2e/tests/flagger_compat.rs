@@ -391,9 +391,10 @@ fn example_canaries_resolve_like_flagger() {
                 let spec = &canary.spec;
                 assert_eq!(s.skip_analysis, spec.skip_analysis.unwrap_or(false));
                 assert_eq!(s.suspend, spec.suspend.unwrap_or(false));
+                // Serin's one departure: unset means revert (see the migration notes).
                 assert_eq!(
                     s.revert_on_deletion,
-                    spec.revert_on_deletion.unwrap_or(false)
+                    spec.revert_on_deletion.unwrap_or(true)
                 );
                 if let Some(secs) = spec.progress_deadline_seconds {
                     assert_eq!(s.progress_deadline, Duration::from_secs(secs as u64));

@@ -16,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::crd::{
-    CanaryCondition, CanaryStatus, CheckStatus, Phase, Settings, Strategy, Verdict, WebhookType,
+    CanaryCondition, CanaryStatus, CheckStatus, FINALIZER, Phase, Settings, Strategy, Verdict,
+    WebhookType,
 };
 use crate::router::Routes;
 
@@ -88,7 +89,11 @@ pub enum Action {
     Promote,
     /// Fire-and-forget webhooks (post-rollout).
     RunWebhooks(WebhookType),
-    /// `revertOnDeletion`: give traffic and replicas back to the target.
+    /// On deletion: scale the target back up to the replicas the primary serves with
+    /// (never below what it has), so it can take the traffic back.
+    RestoreTarget,
+    /// On deletion, once the target is ready: traffic back on the target's own pods
+    /// (the apex selects them, routes send everything to the apex).
     Finalize,
 }
 
@@ -132,6 +137,14 @@ const HOLD_DRAINING: &str = "draining primary";
 const DRAINING_DETAIL: &str =
     "all traffic is on the canary; the primary rolls out once the data plane has moved off it";
 const HOLD_SETTLING: &str = "primary settling";
+/// Hold keys of a deletion: the target coming back up, then traffic draining to it.
+const HOLD_RESTORING: &str = "restoring the target";
+// Its own key after HOLD_RESTORING, so the Event that explains it is sent.
+const HOLD_TARGET_NOT_READY: &str = "target not ready";
+const REASON_TARGET_NOT_READY: &str = "TargetNotReady";
+const HOLD_TO_TARGET: &str = "traffic moved to the target";
+const TO_TARGET_DETAIL: &str =
+    "traffic is on the target; the primary goes once the data plane has moved off it";
 
 pub const CONDITION_PROMOTED: &str = "Promoted";
 pub const CONDITION_READY: &str = "Ready";
@@ -308,6 +321,7 @@ impl Machine<'_> {
             let event_reason = match key {
                 "analysis inconclusive" => "Inconclusive",
                 "canary not ready" => "CanaryNotReady",
+                HOLD_TARGET_NOT_READY => "TargetNotReady",
                 _ => "Holding",
             };
             self.event(
@@ -371,21 +385,138 @@ impl Machine<'_> {
 
     // ---- phases ---------------------------------------------------------------
 
+    /// Deletion with `revertOnDeletion` (the default): the target takes the traffic
+    /// back before the finalizer goes, so the garbage collector removes the primary
+    /// only once nothing routes to it. Each stage waits (requeues) rather than blocks:
+    /// target scaled up and ready, traffic moved, `DRAIN` for the data plane to
+    /// follow, then `Terminated`, which lets the caller drop the finalizer.
     fn deleting(&mut self) {
         if !self.settings.revert_on_deletion {
             return;
         }
-        if self.status.phase != Some(Phase::Terminated) {
-            self.actions.push(Action::Finalize);
+        let phase = self.status.phase;
+        if phase == Some(Phase::Terminated) {
+            return;
+        }
+        // Before initialization the target is what serves: routes move to the primary
+        // only once it is ready. With no serving primary to hand over from, waiting
+        // would only hold up the delete.
+        if matches!(phase, None | Some(Phase::Initializing))
+            && self.obs.primary != Some(Readiness::Ready)
+        {
             self.status.phase = Some(Phase::Terminated);
+            self.clear_hold();
             self.event(
                 Severity::Info,
                 "Terminated",
-                "Canary deleted: traffic and replicas given back to the target (revertOnDeletion)"
+                "Canary deleted before it initialized: the target still serves, nothing to restore"
                     .into(),
                 false,
             );
+            return;
         }
+        self.status.phase = Some(Phase::Terminating);
+        self.requeue = POLL;
+        if self.old_hold_is(HOLD_TO_TARGET) {
+            let since = self
+                .status
+                .hold_since
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or(self.now);
+            let drained = (self.now - since).to_std().unwrap_or_default();
+            if drained >= DRAIN {
+                self.status.phase = Some(Phase::Terminated);
+                self.status.canary_weight = 0;
+                self.clear_hold();
+                self.event(
+                    Severity::Info,
+                    "Terminated",
+                    "Canary deleted: the target serves again; the primary and the generated objects go with the Canary".into(),
+                    false,
+                );
+            } else {
+                self.requeue = DRAIN - drained;
+            }
+            return;
+        }
+        if !self.obs.target_scaled_up {
+            self.actions.push(Action::RestoreTarget);
+            self.hold(
+                HOLD_RESTORING,
+                "scaling the target back up; the primary keeps serving until it is ready",
+            );
+            return;
+        }
+        match self.obs.canary.clone() {
+            Readiness::Ready => {
+                // Mid-release the target may have fewer replicas than the primary
+                // serves with; RestoreTarget only ever scales up.
+                self.actions.push(Action::RestoreTarget);
+                self.actions.push(Action::Finalize);
+                self.status.hold_since = Some(self.now.to_rfc3339());
+                self.status.hold_reason = Some(format!("{HOLD_TO_TARGET}: {TO_TARGET_DETAIL}"));
+                self.requeue = DRAIN;
+                let was_held =
+                    self.status.conditions.iter().any(|c| {
+                        c.r#type == CONDITION_READY && c.reason == REASON_TARGET_NOT_READY
+                    });
+                if was_held {
+                    set_condition(
+                        &mut self.status.conditions,
+                        CONDITION_READY,
+                        true,
+                        "TargetReady",
+                        "Canary deleted: the target is ready and takes the traffic back",
+                        self.now,
+                    );
+                }
+                self.event(
+                    Severity::Info,
+                    "Terminating",
+                    format!("Canary deleted: {TO_TARGET_DETAIL}"),
+                    false,
+                );
+            }
+            Readiness::NotReady(why) | Readiness::Failed(why) => {
+                // Traffic on a canary that is not ready would fail: while the target
+                // comes up, the primary (if it can) serves everything.
+                let was_splitting = matches!(
+                    self.old.phase,
+                    Some(
+                        Phase::Progressing
+                            | Phase::WaitingPromotion
+                            | Phase::Promoting
+                            | Phase::Finalising
+                    )
+                ) || self.old.canary_weight > 0;
+                if was_splitting && self.obs.primary == Some(Readiness::Ready) {
+                    self.actions.push(Action::SetRoutes(Routes::PRIMARY));
+                    self.status.canary_weight = 0;
+                }
+                let detail = format!(
+                    "{why}; the primary keeps serving and the finalizer {FINALIZER} stays \
+                         until the target is ready (remove the finalizer by hand to let the \
+                         Canary go without restoring the target)"
+                );
+                self.hold(HOLD_TARGET_NOT_READY, &detail);
+                set_condition(
+                    &mut self.status.conditions,
+                    CONDITION_READY,
+                    false,
+                    REASON_TARGET_NOT_READY,
+                    &format!("Canary deleted, target not ready: {detail}"),
+                    self.now,
+                );
+            }
+        }
+    }
+
+    fn old_hold_is(&self, key: &str) -> bool {
+        self.old
+            .hold_reason
+            .as_deref()
+            .is_some_and(|r| r.split(':').next() == Some(key))
     }
 
     fn initialize(&mut self) {

@@ -191,7 +191,17 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
             })
             .inc();
         // The user sees the failure where they look: the Ready condition and an Event.
-        let _ = report_not_ready(&canary, &ctx, e.reason(), &e.to_string()).await;
+        let mut message = e.to_string();
+        if canary.metadata.deletion_timestamp.is_some()
+            && canary.finalizers().iter().any(|f| f == FINALIZER)
+        {
+            // A delete that cannot restore the target must say how to get out of it.
+            message.push_str(&format!(
+                "; the Canary is being deleted and keeps the finalizer {FINALIZER} until the \
+                 target is restored (remove the finalizer by hand to let it go without)"
+            ));
+        }
+        let _ = report_not_ready(&canary, &ctx, e.reason(), &message).await;
     }
     result
 }
@@ -222,12 +232,14 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     let name = canary.name_any();
     let deleting = canary.metadata.deletion_timestamp.is_some();
     let has_finalizer = canary.finalizers().iter().any(|f| f == FINALIZER);
-    let wants_finalizer = canary.spec.revert_on_deletion.unwrap_or(false);
+    let wants_finalizer = canary.reverts_on_deletion();
 
     if !deleting && wants_finalizer && !has_finalizer {
-        let patch = serde_json::json!({"metadata": {"finalizers": [FINALIZER]}});
+        // Appended, not merged: a merge patch would replace the whole list and drop
+        // other controllers' finalizers (now that every Canary gets one by default).
+        let patch = workload::add_finalizer_patch(canary.metadata.finalizers.as_deref())?;
         api(ctx, &ns)
-            .patch(&name, &patch_params(), &Patch::Merge(&patch))
+            .patch(&name, &patch_params(), &patch)
             .await
             .map_err(|source| ReconcileError::Kube {
                 context: format!("adding finalizer to canary {ns}/{name}"),
@@ -252,8 +264,11 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         }
     };
 
-    let Some(target) = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name())
-    else {
+    let target = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name());
+    // A target on its way out (its namespace being deleted, say) is not one to hand
+    // the traffic back to: waiting for it to become ready would only hold the delete.
+    let target = target.filter(|t| !(deleting && t.metadata().deletion_timestamp.is_some()));
+    let Some(target) = target else {
         if deleting {
             remove_finalizer(canary, ctx).await?;
             return Ok(Requeue::await_change());
@@ -270,6 +285,11 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     if let Some(owner) =
         other_canary_for_target(canary, &ctx.stores.canaries, &ctx.default_provider)
     {
+        if deleting {
+            // The target and its traffic belong to the other Canary: nothing to restore.
+            remove_finalizer(canary, ctx).await?;
+            return Ok(Requeue::await_change());
+        }
         let msg = format!(
             "{} {ns}/{} is already managed by Canary {owner}; one Canary per target",
             canary.spec.target_ref.kind,
@@ -279,7 +299,8 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         return Ok(Requeue::requeue(BROKEN_RETRY));
     }
 
-    if let Some(missing) = missing_template(canary, &ctx.stores.templates) {
+    // Restoring the target on deletion needs no metric template.
+    if !deleting && let Some(missing) = missing_template(canary, &ctx.stores.templates) {
         report_not_ready(canary, ctx, "MetricTemplateNotFound", &missing).await?;
         return Ok(Requeue::requeue(BROKEN_RETRY));
     }
@@ -555,8 +576,7 @@ async fn act(
                     }
                 }
             }
-            Action::Finalize => {
-                router.finalize(canary).await?;
+            Action::RestoreTarget => {
                 let hpa_min = user_hpa(canary, ctx)
                     .await?
                     .as_ref()
@@ -565,6 +585,7 @@ async fn act(
                     .revert_target(canary, target, primary, hpa_min)
                     .await?;
             }
+            Action::Finalize => router.finalize(canary).await?,
         }
     }
     Ok(())

@@ -82,7 +82,8 @@ pub use configs::{
 };
 pub use error::WorkloadError;
 pub use io::Workloads;
-pub use primary::{desired_target_replicas, render_primary, revision_checksum};
+pub use patch::add_finalizer_patch;
+pub use primary::{desired_target_replicas, render_primary, restore_replicas, revision_checksum};
 pub use readiness::{Readiness, primary_ready, readiness};
 
 /// Node selector that keeps a "scaled to zero" DaemonSet target's pods off every node.

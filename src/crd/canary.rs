@@ -67,6 +67,9 @@ pub struct CanarySpec {
     pub service: Option<CanaryService>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_analysis: Option<bool>,
+    /// Unset or true: deleting the Canary gives the traffic and the replicas back to
+    /// the target before the primary goes (a finalizer). False: Flagger's behaviour,
+    /// no finalizer; the target stays at 0 replicas and the primary is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_on_deletion: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -265,7 +265,9 @@ impl Settings {
                 .unwrap_or(DEFAULT_READY_THRESHOLD),
             skip_analysis: spec.skip_analysis.unwrap_or(false),
             suspend: spec.suspend.unwrap_or(false),
-            revert_on_deletion: spec.revert_on_deletion.unwrap_or(false),
+            // Unlike Flagger, on unless turned off: a Canary deleted without it leaves
+            // the target at zero and the primary garbage-collected, the app dark.
+            revert_on_deletion: spec.revert_on_deletion.unwrap_or(true),
         })
     }
 }
@@ -378,7 +380,7 @@ mod tests {
         assert_eq!(s.progress_deadline, Duration::from_secs(600));
         assert_eq!(s.primary_ready_threshold, 100);
         assert_eq!(s.interval, Duration::from_secs(10));
-        assert!(!s.skip_analysis && !s.suspend && !s.revert_on_deletion);
+        assert!(!s.skip_analysis && !s.suspend && s.revert_on_deletion);
     }
 
     #[test]

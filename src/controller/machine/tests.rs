@@ -907,24 +907,266 @@ fn retry_held_by_confirm_rollout_waits_without_flapping() {
     );
 }
 
-#[test]
-fn deletion_with_revert_finalizes_once() {
-    let s = Settings {
+fn deleting(o: Observations) -> Observations {
+    Observations {
+        deleting: true,
+        ..o
+    }
+}
+
+fn reverting() -> Settings {
+    Settings {
         revert_on_deletion: true,
         ..settings(canary_strategy())
+    }
+}
+
+fn draining_to_target(since: DateTime<Utc>) -> CanaryStatus {
+    CanaryStatus {
+        hold_reason: Some(format!("{HOLD_TO_TARGET}: {TO_TARGET_DETAIL}")),
+        hold_since: Some(since.to_rfc3339()),
+        ..status(Phase::Terminating, "v1")
+    }
+}
+
+/// Each stage of a deletion with `revertOnDeletion` (the default): what it does, the
+/// phase it leaves (anything but Terminated keeps the finalizer) and when it looks again.
+#[test]
+fn deletion_stages() {
+    let at_zero = deleting(obs("v1"));
+    let up_ready = deleting(Observations {
+        target_scaled_up: true,
+        ..obs("v1")
+    });
+    let up_not_ready = deleting(Observations {
+        target_scaled_up: true,
+        canary: Readiness::NotReady("0 of 2 available".into()),
+        ..obs("v1")
+    });
+    let up_failed = deleting(Observations {
+        target_scaled_up: true,
+        canary: Readiness::Failed("ProgressDeadlineExceeded".into()),
+        ..obs("v2")
+    });
+    let no_primary = deleting(Observations {
+        primary: None,
+        primary_revision: None,
+        target_scaled_up: true,
+        ..obs("v1")
+    });
+    let primary_not_ready = deleting(Observations {
+        primary: Some(Readiness::NotReady("0 of 2 available".into())),
+        target_scaled_up: true,
+        ..obs("v1")
+    });
+    let fresh = CanaryStatus::default();
+    let initializing = CanaryStatus {
+        phase: Some(Phase::Initializing),
+        ..Default::default()
     };
-    let mut o = obs("v1");
-    o.deleting = true;
-    let d = decided(&s, &status(Phase::Succeeded, "v1"), &o, t0());
-    assert_eq!(d.actions, vec![Action::Finalize]);
-    assert_eq!(phase_of(&d), Some(Phase::Terminated));
-    assert!(decided(&s, &d.status, &o, t0()).actions.is_empty());
-    let plain = settings(canary_strategy());
+    let splitting = CanaryStatus {
+        canary_weight: 30,
+        ..status(Phase::Progressing, "v2")
+    };
+    struct Case<'a> {
+        name: &'a str,
+        st: CanaryStatus,
+        o: &'a Observations,
+        now: DateTime<Utc>,
+        actions: Vec<Action>,
+        phase: Phase,
+        requeue: Duration,
+    }
+    let cases = [
+        Case {
+            name: "never initialized: the finalizer goes at once",
+            st: fresh.clone(),
+            o: &no_primary,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: Duration::from_secs(10),
+        },
+        Case {
+            name: "initializing, no primary yet: the finalizer goes at once",
+            st: initializing.clone(),
+            o: &no_primary,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: Duration::from_secs(10),
+        },
+        Case {
+            name: "initializing, primary not ready: the finalizer goes at once",
+            st: initializing.clone(),
+            o: &primary_not_ready,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: Duration::from_secs(10),
+        },
+        Case {
+            name: "initializing with a ready primary: the full hand-back",
+            st: initializing,
+            o: &up_ready,
+            now: t0(),
+            actions: vec![Action::RestoreTarget, Action::Finalize],
+            phase: Phase::Terminating,
+            requeue: DRAIN,
+        },
+        Case {
+            name: "target at zero: scale it up, traffic stays on the primary",
+            st: status(Phase::Succeeded, "v1"),
+            o: &at_zero,
+            now: t0(),
+            actions: vec![Action::RestoreTarget],
+            phase: Phase::Terminating,
+            requeue: POLL,
+        },
+        Case {
+            name: "target not ready yet: hold, keep the finalizer",
+            st: status(Phase::Terminating, "v1"),
+            o: &up_not_ready,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminating,
+            requeue: POLL,
+        },
+        Case {
+            name: "target will not become ready: hold, keep the finalizer",
+            st: status(Phase::Failed, "v2"),
+            o: &up_failed,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminating,
+            requeue: POLL,
+        },
+        Case {
+            name: "mid-release, canary not ready: everything on the primary meanwhile",
+            st: splitting,
+            o: &up_not_ready,
+            now: t0(),
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            phase: Phase::Terminating,
+            requeue: POLL,
+        },
+        Case {
+            name: "target ready: traffic to it, drain starts",
+            st: status(Phase::Terminating, "v1"),
+            o: &up_ready,
+            now: t0(),
+            actions: vec![Action::RestoreTarget, Action::Finalize],
+            phase: Phase::Terminating,
+            requeue: DRAIN,
+        },
+        Case {
+            name: "draining: wait out the rest, nothing rewritten",
+            st: draining_to_target(t0()),
+            o: &up_ready,
+            now: t0() + secs(2),
+            actions: vec![],
+            phase: Phase::Terminating,
+            requeue: DRAIN - Duration::from_secs(2),
+        },
+        Case {
+            name: "drained: Terminated, the finalizer goes",
+            st: draining_to_target(t0()),
+            o: &up_ready,
+            now: t0() + chrono::Duration::from_std(DRAIN).unwrap(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: POLL,
+        },
+        Case {
+            name: "terminated: nothing more",
+            st: status(Phase::Terminated, "v1"),
+            o: &up_ready,
+            now: t0(),
+            actions: vec![],
+            phase: Phase::Terminated,
+            requeue: Duration::from_secs(10),
+        },
+    ];
+    let s = reverting();
+    for c in cases {
+        let d = decided(&s, &c.st, c.o, c.now);
+        assert_eq!(d.actions, c.actions, "{}: actions", c.name);
+        assert_eq!(phase_of(&d), Some(c.phase), "{}: phase", c.name);
+        assert_eq!(d.requeue_after, c.requeue, "{}: requeue", c.name);
+    }
+}
+
+#[test]
+fn deletion_hold_explains_the_finalizer() {
+    let o = deleting(Observations {
+        target_scaled_up: true,
+        canary: Readiness::NotReady("0 of 2 available".into()),
+        ..obs("v1")
+    });
+    let d = decided(&reverting(), &status(Phase::Succeeded, "v1"), &o, t0());
+    let ready = d
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == CONDITION_READY)
+        .expect("Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "TargetNotReady");
+    let msg = ready.message.as_deref().unwrap_or_default();
     assert!(
-        decided(&plain, &status(Phase::Succeeded, "v1"), &o, t0())
-            .actions
-            .is_empty()
+        msg.contains("0 of 2 available") && msg.contains("remove the finalizer by hand"),
+        "{msg}"
     );
+    assert!(msg.contains(FINALIZER), "{msg}");
+    assert_eq!(d.events.len(), 1, "{:?}", d.events);
+    assert_eq!(d.events[0].reason, "TargetNotReady");
+    // The hold keeps its start: a second tick does not restart it or repeat the Event.
+    let again = decided(&reverting(), &d.status, &o, t0() + secs(5));
+    assert_eq!(again.status.hold_since, d.status.hold_since);
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    // Coming from the scale-up stage, the not-ready hold still gets its own Event.
+    let scaling = decided(
+        &reverting(),
+        &status(Phase::Succeeded, "v1"),
+        &deleting(obs("v1")),
+        t0(),
+    );
+    assert_eq!(scaling.actions, vec![Action::RestoreTarget]);
+    let after = decided(&reverting(), &scaling.status, &o, t0() + secs(5));
+    assert_eq!(
+        after.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["TargetNotReady"]
+    );
+    // Once the target is ready the condition says so, not the stale hold.
+    let ready_now = Observations {
+        canary: Readiness::Ready,
+        ..o
+    };
+    let moved = decided(&reverting(), &again.status, &ready_now, t0() + secs(10));
+    assert_eq!(moved.actions, vec![Action::RestoreTarget, Action::Finalize]);
+    let ready = moved
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == CONDITION_READY)
+        .expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "TargetReady")
+    );
+}
+
+/// `revertOnDeletion: false` is Flagger's behaviour: nothing is restored, the phase
+/// stays, and the caller lets the Canary go (it never had the finalizer).
+#[test]
+fn deletion_opted_out_does_nothing() {
+    let s = settings(canary_strategy());
+    assert!(!s.revert_on_deletion);
+    let st = status(Phase::Succeeded, "v1");
+    let d = decided(&s, &st, &deleting(obs("v1")), t0());
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(phase_of(&d), Some(Phase::Succeeded));
+    assert!(d.events.is_empty());
 }
 
 #[test]
@@ -973,6 +1215,9 @@ struct World {
     /// patched once traffic has been off it for `DRAIN`.
     at: DateTime<Utc>,
     routes_changed_at: DateTime<Utc>,
+    /// The Canary is being deleted, and whether traffic was handed back to the target.
+    deleting: bool,
+    finalized: bool,
 }
 
 impl World {
@@ -991,6 +1236,7 @@ impl World {
             primary_revision: self.primary_revision.clone(),
             has_metrics: true,
             webhook_types: [WebhookType::PostRollout].into_iter().collect(),
+            deleting: self.deleting,
             ..obs("")
         }
     }
@@ -1028,7 +1274,18 @@ impl World {
                     self.primary_revision = Some(self.target_revision.clone())
                 }
                 Action::RunWebhooks(_) => self.post_rollout_calls += 1,
-                Action::Finalize => {}
+                Action::RestoreTarget => {
+                    self.target_replicas = self.target_replicas.max(1);
+                }
+                Action::Finalize => {
+                    assert!(
+                        self.target_replicas > 0 && self.canary_healthy,
+                        "traffic handed to a target that is not ready"
+                    );
+                    self.routes = Routes::weighted(100);
+                    self.routes_changed_at = self.at;
+                    self.finalized = true;
+                }
             }
         }
     }
@@ -1084,6 +1341,8 @@ fn good_release_is_promoted_and_bad_one_rolled_back() {
         post_rollout_calls: 0,
         at: t0(),
         routes_changed_at: t0(),
+        deleting: false,
+        finalized: false,
     };
     let mut st = CanaryStatus::default();
     let mut now = t0();
@@ -1124,6 +1383,62 @@ fn good_release_is_promoted_and_bad_one_rolled_back() {
     assert_eq!(st.failed_checks, 2);
 }
 
+/// A whole deletion in the simulated world: the target comes back, traffic moves to it
+/// only once it is ready, and the finalizer may go only `DRAIN` after that.
+#[test]
+fn deleting_an_initialized_canary_hands_the_app_back_without_a_gap() {
+    let s = reverting();
+    let mut world = World {
+        target_revision: "v1".into(),
+        target_replicas: 2,
+        primary_revision: None,
+        routes: Routes::PRIMARY,
+        canary_healthy: true,
+        metrics: Verdict::Pass,
+        post_rollout_calls: 0,
+        at: t0(),
+        routes_changed_at: t0(),
+        deleting: false,
+        finalized: false,
+    };
+    let mut st = CanaryStatus::default();
+    let mut now = t0();
+    run(&s, &mut world, &mut st, &mut now);
+    assert_eq!(st.phase, Some(Phase::Initialized));
+    assert_eq!(world.target_replicas, 0);
+
+    world.deleting = true;
+    // The target's pods take a few ticks to become ready.
+    world.canary_healthy = false;
+    let mut terminated_at = None;
+    for tick in 0..50 {
+        if tick == 3 {
+            world.canary_healthy = true;
+        }
+        let d = decided(&s, &st, &world.observe(), now);
+        world.at = now;
+        world.apply(&d.actions);
+        st = d.status;
+        if st.phase == Some(Phase::Terminated) {
+            terminated_at = Some(now);
+            break;
+        }
+        assert_eq!(st.phase, Some(Phase::Terminating));
+        if !world.finalized {
+            assert_eq!(world.routes, Routes::PRIMARY, "primary serves meanwhile");
+        }
+        now += chrono::Duration::from_std(d.requeue_after).unwrap();
+    }
+    let terminated_at = terminated_at.expect("the deletion completes");
+    assert!(world.finalized, "traffic handed back");
+    assert_eq!(world.routes, Routes::weighted(100));
+    assert!(world.target_replicas > 0);
+    assert!(
+        (terminated_at - world.routes_changed_at).to_std().unwrap() >= DRAIN,
+        "finalizer dropped before the data plane moved to the target"
+    );
+}
+
 #[test]
 fn crashing_canary_never_gets_traffic_and_fails_at_the_deadline() {
     let s = settings(canary_strategy());
@@ -1137,6 +1452,8 @@ fn crashing_canary_never_gets_traffic_and_fails_at_the_deadline() {
         post_rollout_calls: 0,
         at: t0(),
         routes_changed_at: t0(),
+        deleting: false,
+        finalized: false,
     };
     let mut st = status(Phase::Succeeded, "v1");
     let mut now = t0();

@@ -20,7 +20,7 @@ use super::configs::{render_config_copy_configmap, render_config_copy_secret};
 use super::patch::{
     merge_map_keys, ownership_ops, promote_ops, replace_paths, scale_ops, to_patch,
 };
-use super::primary::{desired_target_replicas, render_primary};
+use super::primary::{render_primary, restore_replicas};
 use super::{
     ConfigSource, HpaVersion, Readiness, TrackedConfigs, Workload, WorkloadError, primary_ready,
     readiness,
@@ -191,9 +191,9 @@ impl Workloads {
         self.scale_target(canary, target, 0).await
     }
 
-    /// `revertOnDeletion`: gives the target back its pods (the primary's replicas, or
-    /// the HPA's minimum) if Serin had scaled it to 0. The primary is left for the
-    /// garbage collector through its owner reference.
+    /// On deletion: gives the target the pods to take over the primary's traffic
+    /// (see [`restore_replicas`]). The primary is left for the garbage collector
+    /// through its owner reference, once the finalizer goes.
     pub async fn revert_target(
         &self,
         canary: &Canary,
@@ -201,11 +201,10 @@ impl Workloads {
         primary: Option<&Workload>,
         hpa_min_replicas: Option<i32>,
     ) -> Result<bool, WorkloadError> {
-        if !target.is_scaled_to_zero() {
-            return Ok(false);
+        match restore_replicas(target, primary, hpa_min_replicas) {
+            Some(replicas) => self.scale_target(canary, target, replicas).await,
+            None => Ok(false),
         }
-        let replicas = desired_target_replicas(primary, hpa_min_replicas);
-        self.scale_target(canary, target, replicas).await
     }
 
     /// Creates or updates `<hpa>-primary` from the user's HPA (`user_hpa`, from the

@@ -12,7 +12,7 @@ use kube::Resource;
 
 use super::primary::managed_spec_paths;
 use super::{SCALE_TO_ZERO_NODE_SELECTOR, Workload, WorkloadError};
-use crate::crd::{Canary, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::crd::{Canary, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Escapes one JSON pointer segment (RFC 6901): label keys contain `/`.
 pub(crate) fn escape(segment: &str) -> String {
@@ -159,6 +159,21 @@ pub(crate) fn to_patch(ops: Vec<Value>) -> Result<kube::api::Patch<()>, Workload
     let patch = serde_json::from_value(Value::Array(ops))
         .map_err(|e| WorkloadError::serde("building a JSON patch", e))?;
     Ok(kube::api::Patch::Json(patch))
+}
+
+/// Appends `serin.dev/finalizer` to an object's finalizers, leaving the others: a
+/// merge patch would replace the whole list.
+pub fn add_finalizer_patch(
+    existing: Option<&[String]>,
+) -> Result<kube::api::Patch<()>, WorkloadError> {
+    to_patch(vec![add_finalizer_op(existing)])
+}
+
+fn add_finalizer_op(existing: Option<&[String]>) -> Value {
+    match existing {
+        None => json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}),
+        Some(_) => json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}),
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +354,20 @@ mod tests {
         let users = ObjectMeta::default();
         let err = ownership_ops(&users, &canary, "ConfigMap settings-primary").unwrap_err();
         assert_eq!(err.reason(), "ObjectNotManaged");
+    }
+
+    #[test]
+    fn finalizer_is_appended_to_others() {
+        assert_eq!(
+            add_finalizer_op(None),
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
+        );
+        let theirs = vec!["example.com/keep".to_string()];
+        assert_eq!(
+            add_finalizer_op(Some(&theirs)),
+            json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
+        );
+        assert!(add_finalizer_patch(Some(&theirs)).is_ok());
     }
 
     #[test]

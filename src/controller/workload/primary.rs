@@ -64,6 +64,28 @@ pub fn desired_target_replicas(primary: Option<&Workload>, hpa_min_replicas: Opt
         .max(1)
 }
 
+/// The replicas to give the target back when its Canary is deleted, or `None` when it
+/// already has enough. It takes over all the traffic the primary serves, so it gets
+/// the primary's replicas (which a primary HPA may have raised), never fewer than the
+/// user's HPA minimum or 1; it is only scaled up, the user's HPA takes it from there.
+pub fn restore_replicas(
+    target: &Workload,
+    primary: Option<&Workload>,
+    hpa_min_replicas: Option<i32>,
+) -> Option<i32> {
+    let want = primary
+        .and_then(Workload::replicas)
+        .into_iter()
+        .chain(hpa_min_replicas)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    if target.is_scaled_to_zero() {
+        return Some(want);
+    }
+    target.replicas().filter(|have| *have < want).map(|_| want)
+}
+
 /// The primary as it should be for the target's current revision.
 ///
 /// - name `<target>-primary`, the Canary's namespace, a controller owner reference to
@@ -465,5 +487,24 @@ mod tests {
         assert_eq!(desired_target_replicas(None, Some(0)), 1);
         let ds = Workload::DaemonSet(daemonset("agent-primary"));
         assert_eq!(desired_target_replicas(Some(&ds), None), 1);
+    }
+
+    #[test]
+    fn restore_replicas_takes_over_what_the_primary_serves_with() {
+        let mut primary = deployment("podinfo-primary");
+        primary.spec.as_mut().unwrap().replicas = Some(5);
+        let primary = Workload::Deployment(primary);
+        let mut zero = deployment("podinfo");
+        zero.spec.as_mut().unwrap().replicas = Some(0);
+        let zero = Workload::Deployment(zero);
+        // At zero: the primary's replicas, or the HPA minimum if higher.
+        assert_eq!(restore_replicas(&zero, Some(&primary), None), Some(5));
+        assert_eq!(restore_replicas(&zero, Some(&primary), Some(7)), Some(7));
+        assert_eq!(restore_replicas(&zero, None, None), Some(1));
+        // Mid-release with fewer pods than the primary: up to the primary's.
+        let two = Workload::Deployment(deployment("podinfo"));
+        assert_eq!(restore_replicas(&two, Some(&primary), None), Some(5));
+        // Never scaled down.
+        assert_eq!(restore_replicas(&two, None, Some(1)), None);
     }
 }
