@@ -1,0 +1,373 @@
+//! End-to-end tests of `kubectl-serin` on the local cluster: the real binary, run as
+//! kubectl would run the plugin, against the real operator. `watch`'s exit codes,
+//! `abort`, `pause`/`resume` and `retry` acting through annotations, and the one-line
+//! errors of bad input.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Event;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use serde_json::{Value, json};
+use serin_e2e::canary::{canaries, phase, release, status, wait_phase, weight};
+use serin_e2e::operator::{Operator, bin_dir};
+use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json};
+
+/// The analysis interval of every Canary here; "within one interval" is measured
+/// against it.
+const INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs `kubectl-serin args...` as the cluster admin.
+async fn cli(env: &ClusterEnv, args: &[&str]) -> Result<Output> {
+    cli_with(&env.kubeconfig, args).await
+}
+
+async fn cli_with(kubeconfig: &std::path::Path, args: &[&str]) -> Result<Output> {
+    let bin = bin_dir().join("kubectl-serin");
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` first",
+            bin.display()
+        );
+    }
+    tokio::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Fails with the command's output when it did not exit with `code`.
+fn expect_code(out: &Output, code: i32, what: &str) -> Result<()> {
+    if out.status.code() != Some(code) {
+        bail!(
+            "{what}: exit {:?}, want {code}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// The weight the HTTPRoute the operator wrote gives the canary Service.
+async fn route_canary_weight(client: &Client, ns: &str) -> Result<u64> {
+    let route = http_routes(client, ns).get("app").await?;
+    let refs = route.data["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["backendRefs"].as_array().into_iter().flatten());
+    Ok(refs
+        .filter(|b| b["name"] == "app-canary")
+        .map(|b| b["weight"].as_u64().unwrap_or(1))
+        .sum())
+}
+
+/// Deploys `app` and a weighted Gateway API Canary for it (five steps, no metrics:
+/// every step passes) and waits for Initialized.
+async fn setup(env: &ClusterEnv, client: &Client, ns: &str, op: &Operator) -> Result<SampleApp> {
+    let app = SampleApp::new(ns, "app", &env.sample_app_command());
+    app.deploy(client).await?;
+    apply_json(
+        client,
+        json!({
+            "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+            "metadata": {"name": "app", "namespace": ns},
+            "spec": {
+                "provider": "gatewayapi:v1",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+                "progressDeadlineSeconds": 20,
+                "service": {
+                    "port": 8080, "hosts": [format!("{ns}.e2e.local")],
+                    "gatewayRefs": [{"name": env.gateway_name, "namespace": env.gateway_namespace}]
+                },
+                "analysis": {
+                    "interval": format!("{}s", INTERVAL.as_secs()),
+                    "threshold": 1, "stepWeights": [10, 20, 30, 40, 50]
+                }
+            }
+        }),
+    )
+    .await?;
+    wait_phase(
+        &canaries(client, ns),
+        "app",
+        "Initialized",
+        Duration::from_secs(60),
+        op,
+    )
+    .await?;
+    Ok(app)
+}
+
+/// Waits until the release is at a weight of at least `min`.
+async fn wait_weight(api: &Api<DynamicObject>, min: u64, op: &Operator) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(api, "app").await?;
+        if phase(&s) == "Progressing" && weight(&s) >= min {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("no weight {min}: {s}\n{}", op.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn event_reasons(client: &Client, ns: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    Ok(events
+        .list(&ListParams::default().fields("involvedObject.name=app,involvedObject.kind=Canary"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+/// `watch` is what a CI job runs after `kubectl apply`: 0 for a promoted release, 1
+/// for a rolled-back one, 2 when it is still going at `--timeout`.
+#[tokio::test]
+async fn watch_exits_by_how_the_release_ended() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_watch") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-cliw").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let mut app = setup(&env, &client, &ns.name, &op).await?;
+    let api = canaries(&client, &ns.name);
+
+    // Started right after the change, before the operator has noticed it: the
+    // settled Initialized must not be taken for this release's result.
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let out = cli(&env, &["watch", "app", "-n", &ns.name, "--timeout", "120s"]).await?;
+    expect_code(&out, 0, "watch of a good release")?;
+    assert_eq!(phase(&status(&api, "app").await?), "Succeeded");
+    assert!(
+        text(&out.stdout).contains("release succeeded"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    app = app.version("v3").env("CRASH", "1");
+    release(&client, &app).await?;
+    let out = cli(&env, &["watch", "app", "-n", &ns.name, "--timeout", "120s"]).await?;
+    expect_code(&out, 1, "watch of a rolled-back release")?;
+    assert_eq!(phase(&status(&api, "app").await?), "Failed");
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("release failed"), "{err}");
+
+    app = app.version("v4");
+    app.env.retain(|(k, _)| k != "CRASH");
+    release(&client, &app).await?;
+    let out = cli(&env, &["watch", "app", "-n", &ns.name, "--timeout", "3s"]).await?;
+    expect_code(&out, 2, "watch past its timeout")?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// `abort` mid-release puts all traffic back on the primary within one interval,
+/// without a spec change; `retry` then runs the same revision again to its end.
+#[tokio::test]
+async fn abort_returns_traffic_within_an_interval_and_retry_reruns() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_abort") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clia").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let mut app = setup(&env, &client, &ns.name, &op).await?;
+    let api = canaries(&client, &ns.name);
+    let generation = |c: &DynamicObject| c.metadata.generation;
+    let before = generation(&api.get("app").await?);
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let mid = wait_weight(&api, 20, &op).await?;
+    assert!(route_canary_weight(&client, &ns.name).await? > 0, "{mid}");
+    let asked = Instant::now();
+    let out = cli(&env, &["abort", "app", "-n", &ns.name]).await?;
+    expect_code(&out, 0, "abort")?;
+    let failed = loop {
+        let s = status(&api, "app").await?;
+        if phase(&s) == "Failed" && route_canary_weight(&client, &ns.name).await? == 0 {
+            break s;
+        }
+        if asked.elapsed() > INTERVAL {
+            bail!(
+                "traffic not back on the primary within {INTERVAL:?} of abort: {s}\n{}",
+                op.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(weight(&failed), 0, "{failed}");
+    assert!(failed["lastAbort"].is_string(), "{failed}");
+    assert_eq!(
+        generation(&api.get("app").await?),
+        before,
+        "the spec was not touched"
+    );
+    let reasons = event_reasons(&client, &ns.name).await?;
+    assert!(
+        reasons.iter().any(|r| r == "AbortRequested"),
+        "the CLI left an Event: {reasons:?}"
+    );
+    // A second abort has nothing to abort: one line, non-zero.
+    let out = cli(&env, &["abort", "app", "-n", &ns.name]).await?;
+    expect_code(&out, 1, "abort of a failed release")?;
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cli(&env, &["retry", "app", "-n", &ns.name]).await?;
+    expect_code(&out, 0, "retry")?;
+    let out = cli(&env, &["watch", "app", "-n", &ns.name, "--timeout", "120s"]).await?;
+    expect_code(&out, 0, "watch of the retried release")?;
+    let done = status(&api, "app").await?;
+    assert_eq!(phase(&done), "Succeeded", "{done}");
+    assert_eq!(
+        done["lastAppliedSpec"], failed["lastAppliedSpec"],
+        "the same revision ran again"
+    );
+    assert!(done["lastRetry"].is_string(), "{done}");
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// `pause` holds the weight for as long as asked (three intervals here, past
+/// nothing else changing), `resume` continues from the same weight.
+#[tokio::test]
+async fn pause_holds_the_weight_and_resume_continues() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_pause") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clip").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let mut app = setup(&env, &client, &ns.name, &op).await?;
+    let api = canaries(&client, &ns.name);
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    wait_weight(&api, 10, &op).await?;
+    let out = cli(&env, &["pause", "app", "-n", &ns.name]).await?;
+    expect_code(&out, 0, "pause")?;
+    // The operator takes the pause at its next tick; from then on nothing moves.
+    let held = loop {
+        let s = status(&api, "app").await?;
+        if s["holdReason"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("paused"))
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let w = weight(&held);
+    assert!(w < 50, "paused before the last step: {held}");
+    let until = Instant::now() + 3 * INTERVAL;
+    while Instant::now() < until {
+        let s = status(&api, "app").await?;
+        assert_eq!(phase(&s), "Progressing", "{s}");
+        assert_eq!(weight(&s), w, "the weight holds while paused: {s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(route_canary_weight(&client, &ns.name).await?, w);
+    let shown = cli(&env, &["status", "app", "-n", &ns.name]).await?;
+    expect_code(&shown, 0, "status")?;
+    assert!(
+        text(&shown.stdout).contains("Waiting:    paused"),
+        "{}",
+        text(&shown.stdout)
+    );
+
+    let out = cli(&env, &["resume", "app", "-n", &ns.name]).await?;
+    expect_code(&out, 0, "resume")?;
+    let resumed = Instant::now();
+    loop {
+        let s = status(&api, "app").await?;
+        if weight(&s) > w || phase(&s) != "Progressing" {
+            break;
+        }
+        if resumed.elapsed() > 2 * INTERVAL {
+            bail!("no step after resume: {s}\n{}", op.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reasons = event_reasons(&client, &ns.name).await?;
+    for r in ["PauseRequested", "Paused", "ResumeRequested", "Resumed"] {
+        assert!(reasons.iter().any(|x| x == r), "no {r} Event: {reasons:?}");
+    }
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Bad input gets one line on stderr and a non-zero exit: an unknown Canary, a
+/// cluster that does not answer, a user without rights.
+#[tokio::test]
+async fn bad_input_is_one_line_and_a_failure() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_bad_input") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clib").await?;
+    serin_e2e::operator::install(&env).await?;
+    let one_line = |out: &Output, want: &str| {
+        let err = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    for cmd in ["get", "status", "watch", "abort", "promote", "pause"] {
+        let out = cli(&env, &[cmd, "nope", "-n", &ns.name]).await?;
+        one_line(&out, &format!("Canary {}/nope not found", ns.name));
+    }
+    let kubeconfig = |server: &str, token: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            env.ca_file.display()
+        )
+    };
+    let down = env.state_dir.join("cli-unreachable.kubeconfig");
+    std::fs::write(&down, kubeconfig("https://127.0.0.1:9", "t"))?;
+    let out = cli_with(&down, &["get", "-A"]).await?;
+    one_line(&out, "cannot reach the cluster at https://127.0.0.1:9");
+    let token = env.user_token.clone();
+    let alice = env.state_dir.join("cli-alice.kubeconfig");
+    std::fs::write(&alice, kubeconfig(&env.apiserver, &token))?;
+    let out = cli_with(&alice, &["get", "-n", &ns.name]).await?;
+    one_line(&out, "not allowed");
+    let out = cli(&env, &["get", "--context", "nope"]).await?;
+    one_line(&out, "kubeconfig");
+    ns.cleanup().await?;
+    Ok(())
+}
