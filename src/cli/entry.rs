@@ -99,6 +99,35 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Retry(a) => runtime()?.block_on(super::steer::steer(&a, Request::Retry)),
         Command::Pause(a) => runtime()?.block_on(super::steer::steer(&a, Request::Pause)),
         Command::Resume(a) => runtime()?.block_on(super::steer::steer(&a, Request::Resume)),
+        Command::Check { files, provider } => {
+            let mut errors = 0;
+            for file in files {
+                let (path, text) = read_input(&file)?;
+                let r = super::convert::check(&path, &text, &provider);
+                for l in &r.ok {
+                    println!("{l}");
+                }
+                for l in &r.errors {
+                    eprintln!("{l}");
+                }
+                errors += r.errors.len();
+            }
+            if errors > 0 {
+                return Err(CliError::Run(format!("{errors} error(s)")));
+            }
+            Ok(())
+        }
+        Command::Convert { files } => {
+            for file in files {
+                let (path, text) = read_input(&file)?;
+                let c = super::convert::convert(&path, &text)?;
+                print!("{}", c.yaml);
+                for n in c.notes {
+                    eprintln!("note: {n}");
+                }
+            }
+            Ok(())
+        }
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Completions are keyed by the name the shell runs: `serin` or
@@ -114,6 +143,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(|e| CliError::Run(e.to_string()))
         }
     }
+}
+
+fn read_input(file: &std::path::Path) -> Result<(String, String), CliError> {
+    let path = file.display().to_string();
+    let mut text = String::new();
+    let read = if path == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(file).map(|t| text = t)
+    };
+    read.map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, text))
 }
 
 fn invoked_name() -> String {

@@ -3,6 +3,7 @@
 //! steer releases in a cluster. Errors end in a non-zero exit and one readable line.
 
 pub mod cluster;
+pub mod convert;
 pub mod entry;
 pub mod get;
 pub mod steer;
@@ -72,6 +73,23 @@ pub enum Command {
     Pause(steer::SteerArgs),
     /// Continue a paused release.
     Resume(steer::SteerArgs),
+    /// Check Canaries, MetricTemplates and AlertProviders offline with the
+    /// operator's rules: every error with its field path; non-zero exit on any.
+    Check {
+        /// Files (`-` is standard input); multi-document streams are fine.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// The operator's `--provider`, for Canaries that name none.
+        #[arg(long, default_value = "kubernetes")]
+        provider: String,
+    },
+    /// Convert Flagger (flagger.app/v1beta1) Canaries, MetricTemplates and
+    /// AlertProviders to Serin; other documents pass through. Each field whose
+    /// meaning differs is named on stderr.
+    Convert {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completion {
         #[arg(value_enum)]
