@@ -128,6 +128,29 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Plan {
+            files,
+            provider,
+            no_objects,
+        } => {
+            for file in files {
+                let (path, text) = read_input(&file)?;
+                for canary in super::parse_canaries(&path, &text, &provider)? {
+                    let settings = crate::crd::Settings::from_spec(&canary.spec, &provider)
+                        .map_err(|source| CliError::Invalid {
+                            path: path.clone(),
+                            name: canary.name_str().to_string(),
+                            source,
+                        })?;
+                    let plan = super::plan::plan(&canary, &provider)?;
+                    print!(
+                        "{}",
+                        super::plan::format_plan(&canary, &settings, &plan, !no_objects)?
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Completions are keyed by the name the shell runs: `serin` or

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod convert;
 pub mod entry;
 pub mod get;
+pub mod plan;
 pub mod steer;
 pub mod watch;
 
@@ -89,6 +90,18 @@ pub enum Command {
     Convert {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Dry run without a cluster: for a new revision, the steps, the weight at each,
+    /// the checks and webhooks each calls, the shortest possible duration and the
+    /// routing objects written.
+    Plan {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "kubernetes")]
+        provider: String,
+        /// Leave out the routing objects' YAML.
+        #[arg(long)]
+        no_objects: bool,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completion {
@@ -388,7 +401,11 @@ pub fn validate_for(
     Ok(names)
 }
 
-fn parse_canaries(path: &str, text: &str, provider: &str) -> Result<Vec<Canary>, CliError> {
+pub(crate) fn parse_canaries(
+    path: &str,
+    text: &str,
+    provider: &str,
+) -> Result<Vec<Canary>, CliError> {
     let mut canaries = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value: serde_yaml::Value =
