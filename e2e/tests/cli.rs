@@ -371,3 +371,130 @@ async fn bad_input_is_one_line_and_a_failure() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// The canary weights of the routes `plan` prints, in order.
+fn planned_weights(plan: &str) -> Vec<u64> {
+    plan.lines()
+        .filter_map(|l| l.split_once("routes primary "))
+        .filter_map(|(_, rest)| rest.split_once("/ canary "))
+        .filter_map(|(_, w)| w.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `plan` runs the operator's state machine offline: the routes it lists are the
+/// ones the operator then writes, step by step, in the same order.
+#[tokio::test]
+async fn plan_matches_what_the_operator_then_does() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_plan") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clpl").await?;
+    let op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
+    let mut app = setup(&env, &client, &ns.name, &op).await?;
+    let api = canaries(&client, &ns.name);
+    let mut manifest = serde_json::to_value(api.get("app").await?)?;
+    if let Some(o) = manifest.as_object_mut() {
+        o.remove("status");
+    }
+    let file = env.state_dir.join(format!("{}-plan.yaml", ns.name));
+    std::fs::write(&file, serde_yaml::to_string(&manifest)?)?;
+    let path = file.display().to_string();
+    let out = cli(&env, &["plan", "-f", &path, "--no-objects"]).await?;
+    expect_code(&out, 0, "plan")?;
+    let plan = text(&out.stdout);
+    let planned = planned_weights(&plan);
+    assert_eq!(planned, [10, 20, 30, 40, 50, 100, 0], "{plan}");
+
+    app = app.version("v2");
+    release(&client, &app).await?;
+    let started = Instant::now();
+    let mut seen: Vec<u64> = Vec::new();
+    loop {
+        let w = route_canary_weight(&client, &ns.name).await?;
+        if seen.last() != Some(&w) {
+            seen.push(w);
+        }
+        let s = status(&api, "app").await?;
+        if phase(&s) == "Succeeded" && w == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("release did not end: {s}\n{}", op.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The route starts on the primary (weight 0) before the release.
+    assert_eq!(seen.first(), Some(&0));
+    assert_eq!(&seen[1..], planned.as_slice(), "operator vs plan:\n{plan}");
+    let shortest = plan
+        .lines()
+        .find_map(|l| l.strip_prefix("Shortest possible duration: "))
+        .unwrap_or("?");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "plan: shortest {shortest}; the operator took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Prints (asserts nothing about) how long `get -A` and `status` take with 100
+/// Canaries in the cluster.
+#[tokio::test]
+async fn measure_get_and_status_with_100_canaries() -> Result<()> {
+    let Some(env) = ClusterEnv::for_test("cli_measure") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clim").await?;
+    serin_e2e::operator::install(&env).await?;
+    for i in 0..100 {
+        apply_json(
+            &client,
+            json!({
+                "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+                "metadata": {"name": format!("c{i:03}"), "namespace": ns.name},
+                "spec": {
+                    "provider": "kubernetes",
+                    "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("c{i:03}")},
+                    "service": {"port": 80},
+                    "analysis": {"interval": "1m", "threshold": 5, "iterations": 5}
+                }
+            }),
+        )
+        .await?;
+    }
+    let mut report = String::new();
+    for (what, args) in [
+        ("get -A", vec!["get", "-A"]),
+        ("status", vec!["status", "c050", "-n", &ns.name]),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let out = cli(&env, &args).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            expect_code(&out, 0, what)?;
+            if what == "get -A" {
+                let rows = text(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with(&ns.name))
+                    .count();
+                assert_eq!(rows, 100, "sanity: every Canary listed");
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        report.push_str(&format!(
+            "kubectl-serin {what} with 100 canaries: median {:.0} ms, max {:.0} ms (5 runs, process start included)\n",
+            times[2], times[4]
+        ));
+    }
+    use std::io::Write;
+    let _ = write!(std::io::stderr(), "{report}");
+    ns.cleanup().await?;
+    Ok(())
+}
