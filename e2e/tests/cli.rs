@@ -498,3 +498,68 @@ async fn measure_get_and_status_with_100_canaries() -> Result<()> {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// `convert` of every Flagger example the compatibility test uses: the API server
+/// takes the output (server-side dry run, kubectl's validation on), and it is, object
+/// for object, what that test applies and runs (the apiVersion swap), so it behaves
+/// the same.
+#[tokio::test]
+async fn converted_flagger_examples_are_accepted_and_unchanged_in_meaning() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let Some(env) = ClusterEnv::for_test("cli_convert") else {
+        return Ok(());
+    };
+    let client = env.client().await?;
+    let ns = TestNamespace::create(&client, "e2e-clic").await?;
+    serin_e2e::operator::install(&env).await?;
+    let dir = serin_e2e::operator::repo_root().join("e2e/testdata/flagger");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    let docs = |text: &str| -> Result<Vec<serde_yaml::Value>> {
+        let mut out = Vec::new();
+        for d in serde_yaml::Deserializer::from_str(text) {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(d)?;
+            if !v.is_null() {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    };
+    for file in files {
+        let path = file.display().to_string();
+        let out = cli(&env, &["convert", "-f", &path]).await?;
+        expect_code(&out, 0, &format!("convert {path}"))?;
+        let converted = text(&out.stdout);
+        assert!(!converted.contains("flagger.app/v1beta1"), "{path}");
+        let swapped =
+            std::fs::read_to_string(&file)?.replace("flagger.app/v1beta1", "serin.dev/v1beta1");
+        assert_eq!(docs(&converted)?, docs(&swapped)?, "{path}");
+        let mut child = tokio::process::Command::new("kubectl")
+            .args([
+                "apply",
+                "--dry-run=server",
+                "--validate=true",
+                "-n",
+                &ns.name,
+                "-f",
+                "-",
+            ])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        let mut stdin = child.stdin.take().context("kubectl stdin")?;
+        stdin.write_all(converted.as_bytes()).await?;
+        drop(stdin);
+        let applied = child.wait_with_output().await?;
+        expect_code(&applied, 0, &format!("kubectl apply of converted {path}"))?;
+    }
+    ns.cleanup().await?;
+    Ok(())
+}
