@@ -523,6 +523,10 @@ impl Machine<'_> {
             self.requeue = self.settings.interval;
             return;
         }
+        if !pending && self.was_paused() {
+            // The revision that waited for `resume` was withdrawn meanwhile.
+            self.clear_hold();
+        }
         if !pending {
             if self.status.phase == Some(Phase::Waiting) {
                 // The revision we were waiting to start was reverted by the user.

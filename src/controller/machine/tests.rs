@@ -1375,6 +1375,28 @@ fn steering_requests_table() {
             last_promote: None,
             hold: Some(HOLD_PAUSED),
         },
+        Row {
+            name: "paused, the waiting revision withdrawn: the hold goes",
+            status: CanaryStatus {
+                hold_reason: Some("paused: asked at t0".into()),
+                hold_since: Some(t0().to_rfc3339()),
+                ..status(Phase::Succeeded, "v1")
+            },
+            obs: Observations {
+                requests: Requests {
+                    paused: Some("t0".into()),
+                    ..Requests::default()
+                },
+                ..obs("v1")
+            },
+            gate: None,
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+            last_abort: None,
+            last_promote: None,
+            hold: None,
+        },
     ];
     for r in rows {
         let mut o = r.obs;
