@@ -295,6 +295,13 @@ fn next_step(st: &CanaryStatus, settings: Option<&Settings>, now: DateTime<Utc>)
     if !st.phase.is_some_and(|p| p.is_active()) {
         return None;
     }
+    if st
+        .hold_reason
+        .as_deref()
+        .is_some_and(|h| h.split(':').next() == Some(crate::controller::machine::HOLD_PAUSED))
+    {
+        return Some("paused".into());
+    }
     let last = parse_time(st.last_step_time.as_deref()?)?;
     let interval = chrono::Duration::from_std(settings?.interval).ok()?;
     let due = last + interval;
@@ -674,7 +681,7 @@ api    -             -        -        -          60m
         );
         assert!(
             wide.lines().nth(1).unwrap().starts_with(
-                "shop        web    Progressing   20       1/2      abcdef01   60m   1/3      30s        in 20s      99887766   paused:"
+                "shop        web    Progressing   20       1/2      abcdef01   60m   1/3      30s        paused      99887766   paused:"
             ),
             "{wide}"
         );
@@ -703,7 +710,7 @@ Weight:     20% of 30% (steps 10 [20] 30)
 Revision:   abcdef01 (primary at 99887766)
 Failed:     1 of 3 checks
 Last step:  11:59:50Z (10s ago)
-Next step:  12:00:20Z (in 20s)
+Next step:  12:00:20Z (paused)
 Waiting:    paused: asked at 2026-01-01T11:59:00Z (since 11:59:00Z (60s ago))
 Requests:   paused at 2026-01-01T11:59:00Z (resume to continue)
 
@@ -723,6 +730,20 @@ Events:
   none
 ";
         pretty_assertions::assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn the_next_step_is_the_last_one_plus_the_interval() {
+        let mut st = progressing();
+        st.hold_reason = None;
+        let c = canary("web", Some(st));
+        assert!(
+            timeline(&c, None, t0()).contains("Next step:  12:00:20Z (in 20s)\n"),
+            "{}",
+            timeline(&c, None, t0())
+        );
+        let late = t0() + chrono::Duration::seconds(25);
+        assert!(timeline(&c, None, late).contains("Next step:  12:00:20Z (due now)\n"));
     }
 
     #[test]
