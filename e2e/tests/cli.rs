@@ -277,6 +277,14 @@ async fn pause_holds_the_weight_and_resume_continues() -> Result<()> {
     app = app.version("v2");
     release(&client, &app).await?;
     wait_weight(&api, 10, &op).await?;
+    // `get -w` prints the table, then a row per change (the pause is one).
+    let mut watching = tokio::process::Command::new(bin_dir().join("kubectl-serin"))
+        .args(["get", "app", "-w", "-n", &ns.name])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let out = cli(&env, &["pause", "app", "-n", &ns.name]).await?;
     expect_code(&out, 0, "pause")?;
     // The operator takes the pause at its next tick; from then on nothing moves.
@@ -300,6 +308,18 @@ async fn pause_holds_the_weight_and_resume_continues() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(route_canary_weight(&client, &ns.name).await?, w);
+    watching.start_kill()?;
+    let watched = text(&watching.wait_with_output().await?.stdout);
+    let lines: Vec<&str> = watched.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "one header: {watched}"
+    );
+    assert!(
+        lines.len() >= 3 && lines.iter().skip(1).all(|l| l.starts_with("app ")),
+        "the row, then a row per change: {watched}"
+    );
     let shown = cli(&env, &["status", "app", "-n", &ns.name]).await?;
     expect_code(&shown, 0, "status")?;
     assert!(

@@ -118,7 +118,6 @@ async fn watch_rows(
         std::pin::pin!(watcher(api, cfg).skip_while(|e| {
             futures::future::ready(!matches!(e, Ok(watcher::Event::InitDone)))
         }));
-    let mut header = false;
     while let Some(event) = stream.next().await {
         let canary = match event {
             Ok(watcher::Event::Apply(c) | watcher::Event::Delete(c)) => c,
@@ -133,15 +132,10 @@ async fn watch_rows(
             Some(Output::Json) => println!("{}", to_json(&[canary], true)?),
             _ => {
                 let t = table(&[canary], args.all_namespaces, wide, Utc::now());
-                // kubectl prints the header once; the rows that follow line up as
-                // closely as independent renders can.
-                let mut lines = t.lines();
-                let head = lines.next().unwrap_or_default();
-                if !header {
-                    println!("{head}");
-                    header = true;
-                }
-                for l in lines {
+                // The table above (even an empty one) carried the header, as
+                // kubectl prints it once; the rows that follow line up as closely
+                // as independent renders can.
+                for l in t.lines().skip(1) {
                     println!("{l}");
                 }
             }
