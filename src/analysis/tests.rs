@@ -736,10 +736,10 @@ async fn bad_input_fails_with_a_reason() {
         ),
         template(
             "test",
-            "datadog",
+            "cloudwatch",
             "good",
             MetricProvider {
-                r#type: "datadog".into(),
+                r#type: "cloudwatch".into(),
                 ..prom_provider(&addr)
             },
         ),
@@ -765,7 +765,7 @@ async fn bad_input_fails_with_a_reason() {
             tref("unparsable"),
             tref("down"),
             tref("secret"),
-            tref("datadog"),
+            tref("cloudwatch"),
             tref("missing"),
             tref("slow"),
             CanaryMetric {
@@ -794,7 +794,7 @@ async fn bad_input_fails_with_a_reason() {
         "query rejected (bad_data): 1:5: parse error",
         "is unreachable",
         "secret test/nope not found",
-        "provider type \"datadog\" is not supported",
+        "provider type \"cloudwatch\" is not supported",
         "MetricTemplate test/missing not found",
         "timed out after 500ms",
         "no threshold",

@@ -1,5 +1,14 @@
-//! The `serin` command: the operator, CRD generation, spec validation and the load
-//! tester. Errors end in a non-zero exit and one readable line.
+//! The `serin` command (also `kubectl-serin`, a kubectl plugin): the operator, CRD
+//! generation, spec validation, the load tester, and the commands that show and
+//! steer releases in a cluster. Errors end in a non-zero exit and one readable line.
+
+pub mod cluster;
+pub mod convert;
+pub mod entry;
+pub mod get;
+pub mod plan;
+pub mod steer;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +54,59 @@ pub enum Command {
         /// The operator's `--gateway-features`, for the same answer.
         #[arg(long, default_value = "")]
         gateway_features: String,
+    },
+    /// List Canaries: NAME, PHASE, WEIGHT, CHECKS, REVISION, AGE.
+    Get(get::GetArgs),
+    /// Where a release is and why: weight, checks against thresholds, what it waits
+    /// for, when the next step is due, the objects it owns, recent events.
+    Status(get::StatusArgs),
+    /// Follow a release with a progress bar; exit 0 when it succeeds, 1 when it
+    /// fails, 2 at `--timeout`.
+    Watch(watch::WatchArgs),
+    /// Finish the release under way now (the confirm-promotion gate still applies
+    /// unless `--force`).
+    Promote(steer::PromoteArgs),
+    /// Roll the release under way back: all traffic to the primary.
+    Abort(steer::SteerArgs),
+    /// Run the failed revision's analysis again.
+    Retry(steer::SteerArgs),
+    /// Hold the release at its current weight (no spec change, unlike `suspend`).
+    Pause(steer::SteerArgs),
+    /// Continue a paused release.
+    Resume(steer::SteerArgs),
+    /// Check Canaries, MetricTemplates and AlertProviders offline with the
+    /// operator's rules: every error with its field path; non-zero exit on any.
+    Check {
+        /// Files (`-` is standard input); multi-document streams are fine.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// The operator's `--provider`, for Canaries that name none.
+        #[arg(long, default_value = "kubernetes")]
+        provider: String,
+    },
+    /// Convert Flagger (flagger.app/v1beta1) Canaries, MetricTemplates and
+    /// AlertProviders to Serin; other documents pass through. Each field whose
+    /// meaning differs is named on stderr.
+    Convert {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Dry run without a cluster: for a new revision, the steps, the weight at each,
+    /// the checks and webhooks each calls, the shortest possible duration and the
+    /// routing objects written.
+    Plan {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "kubernetes")]
+        provider: String,
+        /// Leave out the routing objects' YAML.
+        #[arg(long)]
+        no_objects: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Run the load tester and gate service next to your apps.
     Tester {
@@ -146,6 +208,33 @@ pub enum CliError {
     Crds(#[from] serde_yaml::Error),
     #[error("{0}")]
     Run(String),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("cannot reach the cluster at {server}: {cause}")]
+    Unreachable { server: String, cause: String },
+    #[error("not allowed: {0}")]
+    Denied(String),
+    #[error("Canary {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+    #[error("{0}")]
+    Api(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    ReleaseFailed(String),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl CliError {
+    /// `watch` tells a CI job a failed release (1) from one still going at the
+    /// timeout (2); every other error is 1 as well.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Timeout(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Where `serin validate` checks routes against a data plane's capabilities.
@@ -312,7 +401,11 @@ pub fn validate_for(
     Ok(names)
 }
 
-fn parse_canaries(path: &str, text: &str, provider: &str) -> Result<Vec<Canary>, CliError> {
+pub(crate) fn parse_canaries(
+    path: &str,
+    text: &str,
+    provider: &str,
+) -> Result<Vec<Canary>, CliError> {
     let mut canaries = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value: serde_yaml::Value =

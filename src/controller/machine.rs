@@ -47,6 +47,8 @@ pub struct Observations {
     pub primary_revision: Option<String>,
     /// Value of the `serin.dev/retry` annotation.
     pub retry: Option<String>,
+    /// User requests through annotations (`kubectl serin abort|promote|pause`).
+    pub requests: Requests,
     /// The Canary is being deleted.
     pub deleting: bool,
     /// Which webhook types the Canary has (gates of a type with no webhook pass).
@@ -59,6 +61,23 @@ pub struct Observations {
     /// that are not served.
     pub route_rejected: Option<String>,
 }
+
+/// Steering requests read from the Canary's annotations, so that a person or a CI
+/// job can act on a release without a spec change a GitOps tool would revert.
+/// `abort` and `promote` are one-shot: a value differing from the one last acted on
+/// (in the status) is a new request. `paused` is a state: present means paused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Requests {
+    /// Value of `serin.dev/abort`.
+    pub abort: Option<String>,
+    /// Value of `serin.dev/promote`; a `force:` prefix skips the promotion gates.
+    pub promote: Option<String>,
+    /// Value of `serin.dev/paused` (when the pause was asked for).
+    pub paused: Option<String>,
+}
+
+/// Prefix of a `serin.dev/promote` value that promotes past closed gates.
+pub const PROMOTE_FORCE_PREFIX: &str = "force:";
 
 /// Results of the checks run this tick.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -131,6 +150,9 @@ const POLL: Duration = Duration::from_secs(5);
 /// apply a route change within a second or two (Traefik: < 2 s), and requests still
 /// routed to the canary must find its pods alive.
 pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// Hold key of a release paused by `serin.dev/paused`.
+pub const HOLD_PAUSED: &str = "paused";
 
 /// Hold keys of a promotion that takes the primary out of traffic while it rolls.
 const HOLD_DRAINING: &str = "draining primary";
@@ -209,6 +231,15 @@ impl Machine<'_> {
         // be a retry held by confirm-rollout, so it keeps the request pending.
         if !matches!(phase, Some(Phase::Failed | Phase::Waiting)) {
             self.status.last_retry.clone_from(&self.obs.retry);
+        }
+        // Abort and promote act on a release under way; a value set outside one (or
+        // left in a manifest) is taken as seen, as retry is, so that it cannot act
+        // on a later release nobody asked about.
+        if !matches!(phase, Some(Phase::Progressing | Phase::WaitingPromotion)) {
+            self.status.last_abort.clone_from(&self.obs.requests.abort);
+            self.status
+                .last_promote
+                .clone_from(&self.obs.requests.promote);
         }
         if let Some(why) = self.obs.route_rejected.clone() {
             return self.route_rejected(&why);
@@ -322,6 +353,7 @@ impl Machine<'_> {
                 "analysis inconclusive" => "Inconclusive",
                 "canary not ready" => "CanaryNotReady",
                 HOLD_TARGET_NOT_READY => "TargetNotReady",
+                HOLD_PAUSED => "Paused",
                 _ => "Holding",
             };
             self.event(
@@ -579,6 +611,27 @@ impl Machine<'_> {
         failed && self.obs.retry.is_some() && self.obs.retry != self.status.last_retry
     }
 
+    fn abort_requested(&self) -> bool {
+        let r = &self.obs.requests.abort;
+        r.is_some() && *r != self.status.last_abort
+    }
+
+    /// A pending promote request, and whether it is forced.
+    fn promote_requested(&self) -> Option<bool> {
+        let r = self.obs.requests.promote.as_deref()?;
+        if Some(r) == self.status.last_promote.as_deref() {
+            return None;
+        }
+        Some(r.starts_with(PROMOTE_FORCE_PREFIX))
+    }
+
+    fn was_paused(&self) -> bool {
+        self.old
+            .hold_reason
+            .as_deref()
+            .is_some_and(|r| r.split(':').next() == Some(HOLD_PAUSED))
+    }
+
     fn idle(&mut self) {
         let retry = self.retry_requested();
         let pending = self.new_revision() || retry;
@@ -591,6 +644,19 @@ impl Machine<'_> {
                 self.requeue = self.requeue.min(POLL);
                 return;
             }
+        }
+        if pending && let Some(since) = self.obs.requests.paused.clone() {
+            // A paused Canary starts no release either: the new revision waits.
+            self.hold(
+                HOLD_PAUSED,
+                &format!("asked at {since}; the new revision waits for `resume`"),
+            );
+            self.requeue = self.settings.interval;
+            return;
+        }
+        if !pending && self.was_paused() {
+            // The revision that waited for `resume` was withdrawn meanwhile.
+            self.clear_hold();
         }
         if !pending {
             if self.status.phase == Some(Phase::Waiting) {
@@ -674,6 +740,19 @@ impl Machine<'_> {
             self.start_release("New revision detected during analysis: restarting");
             return;
         }
+        if self.abort_requested() {
+            self.status.last_abort.clone_from(&self.obs.requests.abort);
+            return self.rollback("Rolling back: aborted by the user (serin.dev/abort)");
+        }
+        if self.was_paused() && self.obs.requests.paused.is_none() {
+            self.event(
+                Severity::Info,
+                "Resumed",
+                "Resumed: the analysis continues".into(),
+                false,
+            );
+            self.clear_hold();
+        }
         match self.rollback_requested() {
             None => return,
             Some(true) => return self.rollback("Rolling back: a rollback webhook asked for it"),
@@ -714,6 +793,27 @@ impl Machine<'_> {
         if self.settings.skip_analysis {
             self.clear_hold();
             return self.promote("Analysis skipped (skipAnalysis): promoting");
+        }
+        if let Some(force) = self.promote_requested() {
+            // The remaining steps and their analysis are skipped; the promotion gate
+            // still decides unless forced.
+            self.clear_hold();
+            if force {
+                return self.promote(
+                    "Promotion forced by the user (serin.dev/promote): promoting past the gates",
+                );
+            }
+            return self.confirm_promotion();
+        }
+        if let Some(since) = self.obs.requests.paused.clone() {
+            // The weight stays where it is and no analysis runs; this hold is not
+            // bound by the progress deadline, a person asked for it.
+            self.hold(
+                HOLD_PAUSED,
+                &format!("asked at {since}; `resume` continues"),
+            );
+            self.requeue = self.settings.interval;
+            return;
         }
         if self.status.failed_checks >= self.settings.threshold {
             return self.rollback(&format!(
@@ -966,6 +1066,9 @@ impl Machine<'_> {
     }
 
     fn promote(&mut self, message: &str) {
+        self.status
+            .last_promote
+            .clone_from(&self.obs.requests.promote);
         self.status.phase = Some(Phase::Promoting);
         self.status.last_step_time = Some(self.now.to_rfc3339());
         self.clear_hold();

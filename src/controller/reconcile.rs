@@ -22,7 +22,8 @@ use super::status::status_patch;
 use super::workload::{self, Workload, WorkloadKind, Workloads};
 use crate::analysis::{self, AnalysisCtx};
 use crate::crd::{
-    Canary, CanaryStatus, FINALIZER, MetricTemplate, Phase, RETRY_ANNOTATION, Settings, WebhookType,
+    ABORT_ANNOTATION, Canary, CanaryStatus, FINALIZER, MetricTemplate, PAUSED_ANNOTATION,
+    PROMOTE_ANNOTATION, Phase, RETRY_ANNOTATION, Settings, WebhookType,
 };
 use crate::notify::{AlertEvent, Notifier};
 use crate::router::{self, Router, RouterError, RoutingApis};
@@ -387,6 +388,11 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         primary: primary_readiness,
         primary_revision,
         retry: canary.annotations().get(RETRY_ANNOTATION).cloned(),
+        requests: machine::Requests {
+            abort: canary.annotations().get(ABORT_ANNOTATION).cloned(),
+            promote: canary.annotations().get(PROMOTE_ANNOTATION).cloned(),
+            paused: canary.annotations().get(PAUSED_ANNOTATION).cloned(),
+        },
         deleting,
         has_metrics: canary
             .spec

@@ -691,6 +691,12 @@ pub struct CanaryStatus {
     /// Serin extension: the value of the `serin.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retry: Option<String>,
+    /// Serin extension: the value of the `serin.dev/abort` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_abort: Option<String>,
+    /// Serin extension: the value of the `serin.dev/promote` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_promote: Option<String>,
     /// Serin extension: why the release is holding (waiting for readiness, for data, for
     /// a gate), and since when (RFC 3339); a hold longer than the progress deadline fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]

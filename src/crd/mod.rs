@@ -21,6 +21,14 @@ pub const VERSION: &str = "v1beta1";
 
 /// Annotation whose new value restarts a failed revision without a spec change.
 pub const RETRY_ANNOTATION: &str = "serin.dev/retry";
+/// Annotation whose new value rolls the release under way back (`kubectl serin abort`).
+pub const ABORT_ANNOTATION: &str = "serin.dev/abort";
+/// Annotation whose new value finishes the release under way now (`kubectl serin
+/// promote`); a `force:` prefix also skips the promotion gates.
+pub const PROMOTE_ANNOTATION: &str = "serin.dev/promote";
+/// Annotation whose presence holds the release at its weight (`kubectl serin pause`;
+/// `resume` removes it). Unlike `spec.suspend` it causes no drift in a GitOps repo.
+pub const PAUSED_ANNOTATION: &str = "serin.dev/paused";
 /// Finalizer Serin holds on Canaries whose deletion must restore the target.
 pub const FINALIZER: &str = "serin.dev/finalizer";
 /// Label and annotation the operator puts on objects it generates.

@@ -49,6 +49,7 @@ fn obs(checksum: &str) -> Observations {
         primary: Some(Readiness::Ready),
         primary_revision: Some("v1".into()),
         retry: None,
+        requests: Requests::default(),
         deleting: false,
         webhook_types: BTreeSet::new(),
         has_metrics: true,
@@ -1512,4 +1513,290 @@ fn an_unconfirmed_route_is_reported_with_its_reason_and_alerted() {
         .find(|e| e.reason == "RouteNotConfirmed")
         .expect("event");
     assert!(e.alert && e.severity == Severity::Error);
+}
+
+fn requested(abort: Option<&str>, promote: Option<&str>, paused: Option<&str>) -> Observations {
+    Observations {
+        requests: Requests {
+            abort: abort.map(Into::into),
+            promote: promote.map(Into::into),
+            paused: paused.map(Into::into),
+        },
+        ..with_metrics(obs("v2"), Verdict::Pass)
+    }
+}
+
+const DRAIN_ROUTES: Routes = Routes {
+    primary: 0,
+    canary: 100,
+    mirror: false,
+    mirror_weight: None,
+};
+
+/// `kubectl serin abort|promote|pause|resume`: each row a request in the
+/// annotations, the phase, actions and weight it leads to, and which request the
+/// status then records as acted on.
+#[test]
+fn steering_requests_table() {
+    struct Row {
+        name: &'static str,
+        status: CanaryStatus,
+        obs: Observations,
+        gate: Option<Verdict>,
+        phase: Phase,
+        actions: Vec<Action>,
+        weight: u32,
+        last_abort: Option<&'static str>,
+        last_promote: Option<&'static str>,
+        hold: Option<&'static str>,
+    }
+    let s = settings(canary_strategy());
+    // Mid-release at 20%, the step not yet due: only a request moves it now.
+    let mid = CanaryStatus {
+        canary_weight: 20,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let now = t0() + secs(3);
+    let rows = vec![
+        Row {
+            name: "abort mid-release rolls back at once, not at the next step",
+            status: mid.clone(),
+            obs: requested(Some("t1"), None, None),
+            gate: None,
+            phase: Phase::Failed,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+            last_abort: Some("t1"),
+            last_promote: None,
+            hold: None,
+        },
+        Row {
+            name: "an abort already acted on is no request",
+            status: CanaryStatus {
+                last_abort: Some("t1".into()),
+                ..mid.clone()
+            },
+            obs: requested(Some("t1"), None, None),
+            gate: None,
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 20,
+            last_abort: Some("t1"),
+            last_promote: None,
+            hold: None,
+        },
+        Row {
+            name: "abort while paused still rolls back",
+            status: mid.clone(),
+            obs: requested(Some("t1"), None, Some("t0")),
+            gate: None,
+            phase: Phase::Failed,
+            actions: vec![Action::SetRoutes(Routes::PRIMARY)],
+            weight: 0,
+            last_abort: Some("t1"),
+            last_promote: None,
+            hold: None,
+        },
+        Row {
+            name: "abort outside a release is recorded as seen and does nothing",
+            status: status(Phase::Succeeded, "v1"),
+            obs: Observations {
+                requests: Requests {
+                    abort: Some("t1".into()),
+                    ..Requests::default()
+                },
+                ..obs("v1")
+            },
+            gate: None,
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+            last_abort: Some("t1"),
+            last_promote: None,
+            hold: None,
+        },
+        Row {
+            name: "promote skips the remaining steps and promotes now",
+            status: mid.clone(),
+            obs: requested(None, Some("t1"), None),
+            gate: None,
+            phase: Phase::Promoting,
+            actions: vec![Action::SetRoutes(DRAIN_ROUTES)],
+            weight: 100,
+            last_abort: None,
+            last_promote: Some("t1"),
+            hold: Some(HOLD_DRAINING),
+        },
+        Row {
+            name: "promote still obeys a closed confirm-promotion gate",
+            status: mid.clone(),
+            obs: requested(None, Some("t1"), None),
+            gate: Some(Verdict::Fail),
+            phase: Phase::WaitingPromotion,
+            actions: vec![],
+            weight: 20,
+            last_abort: None,
+            // Still pending: the gate opening later promotes without analysis.
+            last_promote: None,
+            hold: Some("confirm-promotion"),
+        },
+        Row {
+            name: "promote with force goes past the closed gate",
+            status: mid.clone(),
+            obs: requested(None, Some("force:t1"), None),
+            gate: Some(Verdict::Fail),
+            phase: Phase::Promoting,
+            actions: vec![Action::SetRoutes(DRAIN_ROUTES)],
+            weight: 100,
+            last_abort: None,
+            last_promote: Some("force:t1"),
+            hold: Some(HOLD_DRAINING),
+        },
+        Row {
+            name: "a promote already acted on is no request",
+            status: CanaryStatus {
+                last_promote: Some("t1".into()),
+                ..mid.clone()
+            },
+            obs: requested(None, Some("t1"), None),
+            gate: None,
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 20,
+            last_abort: None,
+            last_promote: Some("t1"),
+            hold: None,
+        },
+        Row {
+            name: "paused: a due step does not advance, the weight holds",
+            status: mid.clone(),
+            obs: requested(None, None, Some("t0")),
+            gate: None,
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 20,
+            last_abort: None,
+            last_promote: None,
+            hold: Some(HOLD_PAUSED),
+        },
+        Row {
+            name: "paused: a new revision does not start a release",
+            status: status(Phase::Succeeded, "v1"),
+            obs: requested(None, None, Some("t0")),
+            gate: None,
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+            last_abort: None,
+            last_promote: None,
+            hold: Some(HOLD_PAUSED),
+        },
+        Row {
+            name: "paused, the waiting revision withdrawn: the hold goes",
+            status: CanaryStatus {
+                hold_reason: Some("paused: asked at t0".into()),
+                hold_since: Some(t0().to_rfc3339()),
+                ..status(Phase::Succeeded, "v1")
+            },
+            obs: Observations {
+                requests: Requests {
+                    paused: Some("t0".into()),
+                    ..Requests::default()
+                },
+                ..obs("v1")
+            },
+            gate: None,
+            phase: Phase::Succeeded,
+            actions: vec![],
+            weight: 0,
+            last_abort: None,
+            last_promote: None,
+            hold: None,
+        },
+    ];
+    for r in rows {
+        let mut o = r.obs;
+        if let Some(v) = r.gate {
+            o.webhook_types.insert(WebhookType::ConfirmPromotion);
+            o.checks
+                .gates
+                .insert(WebhookType::ConfirmPromotion, vec![check("gate", v)]);
+        }
+        // The "not due" rows are checked at 3 s; pause is checked where a step is due.
+        let at = if r.hold == Some(HOLD_PAUSED) {
+            t0() + secs(11)
+        } else {
+            now
+        };
+        let d = decided(&s, &r.status, &o, at);
+        assert_eq!(d.status.phase, Some(r.phase), "{}", r.name);
+        assert_eq!(d.actions, r.actions, "{}", r.name);
+        assert_eq!(d.status.canary_weight, r.weight, "{}", r.name);
+        assert_eq!(d.status.last_abort.as_deref(), r.last_abort, "{}", r.name);
+        assert_eq!(
+            d.status.last_promote.as_deref(),
+            r.last_promote,
+            "{}",
+            r.name
+        );
+        let hold = d.status.hold_reason.as_deref();
+        match r.hold {
+            Some(key) => assert!(
+                hold.is_some_and(|h| h.starts_with(key)),
+                "{}: hold {hold:?}",
+                r.name
+            ),
+            None => assert_eq!(hold, None, "{}", r.name),
+        }
+    }
+}
+
+/// Pause holds for as long as it is asked, past the progress deadline, and the
+/// first tick after `resume` takes the due step.
+#[test]
+fn pause_holds_past_the_deadline_and_resume_continues() {
+    let s = settings(canary_strategy());
+    let mut st = CanaryStatus {
+        canary_weight: 10,
+        last_step_time: Some(t0().to_rfc3339()),
+        ..status(Phase::Progressing, "v2")
+    };
+    let paused = requested(None, None, Some("t0"));
+    let mut events = Vec::new();
+    for tick in 1..=12 {
+        let d = decided(&s, &st, &paused, t0() + secs(tick * 10));
+        assert_eq!(d.status.phase, Some(Phase::Progressing), "tick {tick}");
+        assert_eq!(d.status.canary_weight, 10, "tick {tick}");
+        assert!(d.actions.is_empty(), "tick {tick}: {:?}", d.actions);
+        events.extend(d.events.iter().map(|e| e.reason));
+        st = d.status;
+    }
+    assert_eq!(events, ["Paused"], "one event for the whole pause");
+    let d = decided(&s, &st, &requested(None, None, None), t0() + secs(130));
+    assert_eq!(d.status.canary_weight, 20);
+    assert_eq!(d.status.hold_reason, None);
+    assert_eq!(
+        d.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["Resumed", "Advance"]
+    );
+}
+
+/// A forced promotion on a release held at the gate does not run the analysis.
+#[test]
+fn promote_from_waiting_promotion_needs_no_analysis() {
+    let s = settings(canary_strategy());
+    let st = CanaryStatus {
+        canary_weight: 30,
+        last_step_time: Some(t0().to_rfc3339()),
+        hold_reason: Some("confirm-promotion: closed".into()),
+        ..status(Phase::WaitingPromotion, "v2")
+    };
+    let mut o = requested(None, Some("force:1"), None);
+    // No metric results: a machine that tried to analyse would ask for them.
+    o.checks.metrics = None;
+    o.webhook_types.insert(WebhookType::ConfirmPromotion);
+    let d = decided(&s, &st, &o, t0() + secs(1));
+    assert_eq!(d.status.phase, Some(Phase::Promoting));
+    assert_eq!(d.status.last_promote.as_deref(), Some("force:1"));
 }
