@@ -206,6 +206,11 @@ impl Operator {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The operator's process id, for reading its resource use from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.metrics_url))
             .await?

@@ -336,11 +336,27 @@ impl Machine<'_> {
         // The clock goes first: a long detail (a no-data check quotes its query) is
         // what an Event's length limit cuts.
         let reason = if deadline_bound {
-            format!(
-                "{key}: {}s left before the progress deadline ({}s); {detail}",
-                deadline.saturating_sub(held).as_secs(),
+            let left = deadline.saturating_sub(held).as_secs();
+            let tail = format!(
+                "s left before the progress deadline ({}s); {detail}",
                 deadline.as_secs()
-            )
+            );
+            // Every status write brings the Canary back through its watch: a countdown
+            // rewritten each second keeps a holding release writing its status in a
+            // loop (40 status patches a release at 100 canaries). The shown clock is
+            // refreshed once it is a poll period off.
+            let shown = self
+                .old
+                .hold_reason
+                .as_deref()
+                .and_then(|r| r.strip_prefix(key)?.strip_prefix(": ")?.strip_suffix(&tail))
+                .and_then(|n| n.parse::<u64>().ok());
+            match shown {
+                Some(n) if same_kind && n.abs_diff(left) < POLL.as_secs() => {
+                    format!("{key}: {n}{tail}")
+                }
+                _ => format!("{key}: {left}{tail}"),
+            }
         } else {
             format!("{key}: {detail}")
         };

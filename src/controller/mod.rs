@@ -267,6 +267,7 @@ async fn run_controller(
         controller: "serin".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let owned_routes = owned_route_cache(&client, ns, &routing);
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: Stores {
@@ -295,6 +296,7 @@ async fn run_controller(
                 .build()
                 .map_err(|e| RunError::Startup(format!("probe HTTP client: {e}")))?,
         },
+        owned_routes,
     });
 
     let (c1, c2, c3, c4, c5) = (
@@ -394,6 +396,75 @@ where
     .await
     .is_err()
     {}
+}
+
+/// Watch caches of the routing objects Serin generates (label
+/// `app.kubernetes.io/managed-by: serin`), by resource plural. Istio's only for now:
+/// other routers still read before they write.
+struct OwnedRoutes {
+    stores: Vec<(kube::api::ApiResource, Store<kube::api::DynamicObject>)>,
+}
+
+impl crate::router::apply::LiveObjects for OwnedRoutes {
+    fn live(
+        &self,
+        ar: &kube::api::ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Option<kube::api::DynamicObject> {
+        let (ar, store) = self.stores.iter().find(|(a, _)| {
+            a.plural == ar.plural && a.group == ar.group && a.version == ar.version
+        })?;
+        store
+            .get(&reflector::ObjectRef::new_with(name, ar.clone()).within(namespace))
+            .map(|o| (*o).clone())
+    }
+}
+
+fn owned_route_cache(
+    client: &Client,
+    ns: Option<&str>,
+    routing: &crate::router::RoutingApis,
+) -> Option<Arc<dyn crate::router::apply::LiveObjects>> {
+    if !routing.istio {
+        return None;
+    }
+    let version = routing
+        .istio_version
+        .clone()
+        .unwrap_or_else(|| "v1beta1".into());
+    let selector = format!(
+        "{}={}",
+        crate::crd::MANAGED_BY_LABEL,
+        crate::crd::MANAGED_BY
+    );
+    let mut stores = Vec::new();
+    for (kind, plural) in [
+        ("VirtualService", "virtualservices"),
+        ("DestinationRule", "destinationrules"),
+    ] {
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(crate::router::istio::GROUP, &version, kind),
+            plural,
+        );
+        let api: Api<kube::api::DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let writer = reflector::store::Writer::new(ar.clone());
+        let reader = writer.as_reader();
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default().labels(&selector)),
+        )
+        .default_backoff()
+        .touched_objects();
+        // Nothing reconciles on these events: the cache only has to be current when a
+        // step compares against it (a stale entry costs one 409 and a GET).
+        tokio::spawn(stream.for_each(|_| async {}));
+        stores.push((ar, reader));
+    }
+    Some(Arc::new(OwnedRoutes { stores }))
 }
 
 struct StoreSecrets(Store<Secret>);

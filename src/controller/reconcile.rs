@@ -88,6 +88,9 @@ pub struct Context {
     /// Set once every watch cache has its first full list.
     pub synced: Arc<std::sync::atomic::AtomicBool>,
     pub confirm: ConfirmSettings,
+    /// Watch cache of the routing objects Serin generates, for the routers that take
+    /// one: their step writes compare against it instead of a GET.
+    pub owned_routes: Option<Arc<dyn router::apply::LiveObjects>>,
 }
 
 /// How route writes are confirmed on the data plane.
@@ -341,7 +344,13 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
     // Services come from the watch cache, except on a tick that (re)creates them:
     // the cache cannot hold them yet.
     let router = if routing_stale {
-        router::router_for(settings.provider, ctx.client.clone(), &ctx.routing)
+        router::router_with(
+            settings.provider,
+            ctx.client.clone(),
+            &ctx.routing,
+            None,
+            ctx.owned_routes.clone(),
+        )
     } else {
         let cache: Arc<dyn router::ServiceLookup> = Arc::new(ctx.stores.services.clone());
         router::router_with(
@@ -349,6 +358,7 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             ctx.client.clone(),
             &ctx.routing,
             Some(cache),
+            ctx.owned_routes.clone(),
         )
     };
     // The routers point the apex at the primary's pods: before the primary is ready

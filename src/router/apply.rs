@@ -1,6 +1,7 @@
 //! Get-compare-patch for the objects routers write.
 //!
-//! Routing objects are not watched, so every write starts with a GET. A write happens
+//! A write compares with the live object: from a watch cache of Serin's generated
+//! objects where the router has one ([`LiveObjects`]), else read with a GET. A write happens
 //! only when a managed field differs from what the cluster holds, so that a steady
 //! state causes no API traffic and no watch events downstream. Writes are JSON merge
 //! patches carrying `metadata.resourceVersion`: the API server rejects the patch with a
@@ -169,9 +170,31 @@ pub async fn ensure(
 pub async fn ensure_owning(
     client: &kube::Client,
     ar: &ApiResource,
+    desired: DynamicObject,
+    paths: &[&str],
+    owned_prefixes: &[&str],
+) -> Result<Applied, RouterError> {
+    ensure_from(client, ar, desired, paths, owned_prefixes, None).await
+}
+
+/// Where routers find the live objects they write without an API read: a watch cache
+/// of the objects Serin generates.
+pub trait LiveObjects: Send + Sync {
+    /// The cached object; `None` when the cache does not hold it (it is then read).
+    fn live(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<DynamicObject>;
+}
+
+/// `ensure_owning`, comparing against the cached object when `cache` holds it, so a
+/// step costs no GET. The write carries the cached resourceVersion: if the cache was
+/// behind, the API server answers 409 (or 404 for an object deleted meanwhile) and the
+/// object is read and compared again, once.
+pub async fn ensure_from(
+    client: &kube::Client,
+    ar: &ApiResource,
     mut desired: DynamicObject,
     paths: &[&str],
     owned_prefixes: &[&str],
+    cache: Option<&dyn LiveObjects>,
 ) -> Result<Applied, RouterError> {
     let namespace = desired.metadata.namespace.clone().unwrap_or_default();
     let name = desired.metadata.name.clone().unwrap_or_default();
@@ -187,26 +210,41 @@ pub async fn ensure_owning(
         .get_or_insert_with(BTreeMap::new)
         .insert(SPEC_HASH_ANNOTATION.to_string(), hash.clone());
 
-    let Some(live) = get_opt(&api, ar, &namespace, &name).await? else {
-        api.create(&PostParams::default(), &desired)
+    let mut cached = cache.and_then(|c| c.live(ar, &namespace, &name));
+    loop {
+        let from_cache = cached.is_some();
+        let live = match cached.take() {
+            Some(l) => l,
+            None => match get_opt(&api, ar, &namespace, &name).await? {
+                Some(l) => l,
+                None => {
+                    api.create(&PostParams::default(), &desired)
+                        .await
+                        .map_err(|source| RouterError::Kube {
+                            context: format!("create {} {namespace}/{name}", ar.kind),
+                            source,
+                        })?;
+                    return Ok(Applied::Created);
+                }
+            },
+        };
+        let Some(patch) = patch_for(&live, &desired, &fields, owned_prefixes) else {
+            return Ok(Applied::Unchanged);
+        };
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| RouterError::Kube {
-                context: format!("create {} {namespace}/{name}", ar.kind),
-                source,
-            })?;
-        return Ok(Applied::Created);
-    };
-
-    let Some(patch) = patch_for(&live, &desired, &fields, owned_prefixes) else {
-        return Ok(Applied::Unchanged);
-    };
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| RouterError::Kube {
-            context: format!("patch {} {namespace}/{name}", ar.kind),
-            source,
-        })?;
-    Ok(Applied::Patched)
+        {
+            Ok(_) => return Ok(Applied::Patched),
+            Err(kube::Error::Api(e)) if from_cache && matches!(e.code, 404 | 409) => continue,
+            Err(source) => {
+                return Err(RouterError::Kube {
+                    context: format!("patch {} {namespace}/{name}", ar.kind),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 /// The merge patch that brings `live` to `desired` on `fields`, or `None` when nothing
@@ -407,5 +445,93 @@ mod tests {
             json!({"x/canary-by-header": null})
         );
         assert!(p.get("spec").is_none());
+    }
+
+    struct OneObject(DynamicObject);
+
+    impl LiveObjects for OneObject {
+        fn live(&self, _: &ApiResource, _: &str, _: &str) -> Option<DynamicObject> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// A fake API server holding one object at resourceVersion 8 with spec {"w": 2}:
+    /// a PATCH carrying another resourceVersion gets 409. Records "METHOD rv" lines.
+    async fn fake_api() -> (kube::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::extract::State;
+        use std::sync::{Arc, Mutex};
+        type Log = Arc<Mutex<Vec<String>>>;
+        let log: Log = Arc::default();
+        async fn get(State(log): State<Log>) -> axum::Json<Value> {
+            log.lock().unwrap().push("GET".into());
+            let mut o = obj(json!({"w": 2}), None);
+            o.metadata.resource_version = Some("8".into());
+            axum::Json(serde_json::to_value(o).unwrap())
+        }
+        async fn patch(
+            State(log): State<Log>,
+            body: axum::body::Bytes,
+        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+            let p: Value = serde_json::from_slice(&body).unwrap();
+            let rv = p["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            log.lock().unwrap().push(format!("PATCH {rv}"));
+            if rv != "8" {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "conflict", "reason": "Conflict", "code": 409});
+                return (axum::http::StatusCode::CONFLICT, axum::Json(status));
+            }
+            let o = obj(p["spec"].clone(), None);
+            (
+                axum::http::StatusCode::OK,
+                axum::Json(serde_json::to_value(o).unwrap()),
+            )
+        }
+        let app = axum::Router::new()
+            .route(
+                "/apis/x/v1/namespaces/ns/xs/n",
+                axum::routing::get(get).patch(patch),
+            )
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        (kube::Client::try_from(config).unwrap(), log)
+    }
+
+    fn ar() -> ApiResource {
+        ApiResource::from_gvk_with_plural(&kube::core::GroupVersionKind::gvk("x", "v1", "X"), "xs")
+    }
+
+    #[tokio::test]
+    async fn a_cached_object_saves_the_get_and_a_stale_one_costs_a_conflict_and_a_read() {
+        let (client, log) = fake_api().await;
+        let desired = obj(json!({"w": 2}), None);
+        let h = hash_fields(&[("/spec", json!({"w": 2}))]);
+        // The cache holds what is wanted: no request at all.
+        let mut fresh = obj(json!({"w": 2}), Some(&h));
+        fresh.metadata.resource_version = Some("8".into());
+        let cache = OneObject(fresh);
+        let r = ensure_from(
+            &client,
+            &ar(),
+            desired.clone(),
+            &["/spec"],
+            &[],
+            Some(&cache),
+        )
+        .await;
+        assert_eq!(r.unwrap(), Applied::Unchanged);
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+        // A cached object behind the server: its write is refused, then read and redone.
+        let stale = OneObject(obj(json!({"w": 1}), Some(&h)));
+        let want = obj(json!({"w": 3}), None);
+        let r = ensure_from(&client, &ar(), want, &["/spec"], &[], Some(&stale)).await;
+        assert_eq!(r.unwrap(), Applied::Patched);
+        assert_eq!(*log.lock().unwrap(), ["PATCH 7", "GET", "PATCH 8"]);
     }
 }

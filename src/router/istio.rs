@@ -476,6 +476,7 @@ pub struct IstioRouter {
     k8s: KubernetesRouter,
     client: kube::Client,
     apis: RoutingApis,
+    live: Option<std::sync::Arc<dyn apply::LiveObjects>>,
 }
 
 impl IstioRouter {
@@ -485,11 +486,19 @@ impl IstioRouter {
         self
     }
 
+    /// Reads the VirtualService and DestinationRules from a watch cache of Serin's
+    /// objects: a step then writes without reading first.
+    pub fn with_live(mut self, live: std::sync::Arc<dyn apply::LiveObjects>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
     pub fn new(client: kube::Client, apis: RoutingApis) -> Self {
         IstioRouter {
             k8s: KubernetesRouter::new(client.clone(), false),
             client,
             apis,
+            live: None,
         }
     }
 
@@ -526,10 +535,17 @@ impl IstioRouter {
         let ar = self.vs_resource()?;
         let ns = canary.namespace_or_default();
         let name = canary.apex_name();
-        let Some(live) =
-            apply::get_opt(&apply::dyn_api(&self.client, &ar, &ns), &ar, &ns, &name).await?
-        else {
-            return Ok(None);
+        let cached = self.live.as_ref().and_then(|c| c.live(&ar, &ns, &name));
+        let live = match cached {
+            Some(l) => l,
+            None => {
+                match apply::get_opt(&apply::dyn_api(&self.client, &ar, &ns), &ar, &ns, &name)
+                    .await?
+                {
+                    Some(l) => l,
+                    None => return Ok(None),
+                }
+            }
         };
         let spec = serde_json::from_value(live.data.get("spec").cloned().unwrap_or_default())
             .map_err(|source| RouterError::Serde {
@@ -542,7 +558,7 @@ impl IstioRouter {
     async fn write(&self, canary: &Canary, routes: Routes) -> Result<(), RouterError> {
         let ar = self.vs_resource()?;
         let vs = render_virtual_service(canary, routes, &ar)?;
-        apply::ensure(&self.client, &ar, vs, &["/spec"]).await?;
+        apply::ensure_from(&self.client, &ar, vs, &["/spec"], &[], self.live.as_deref()).await?;
         Ok(())
     }
 }
@@ -560,7 +576,15 @@ impl Router for IstioRouter {
             self.k8s.reconcile_services(canary, inputs).await?;
             let dr = self.dr_resource();
             for obj in render_destination_rules(canary, &dr)? {
-                apply::ensure(&self.client, &dr, obj, &["/spec"]).await?;
+                apply::ensure_from(
+                    &self.client,
+                    &dr,
+                    obj,
+                    &["/spec"],
+                    &[],
+                    self.live.as_deref(),
+                )
+                .await?;
             }
             let current = match self.live_spec(canary).await? {
                 Some((_, spec)) => {

@@ -6,8 +6,9 @@
 //!
 //! Common to all adapters:
 //! - Rendering is pure (`render_*` functions, unit-tested); I/O goes through
-//!   [`apply`]: GET, compare, merge patch guarded by resourceVersion, only when a
-//!   managed field differs. Routing objects are not watched.
+//!   [`apply`]: read (from a watch cache of Serin's generated objects where the
+//!   router takes one, else a GET), compare, merge patch guarded by resourceVersion,
+//!   only when a managed field differs.
 //! - `reconcile` re-renders with the split read back from the live object, so an
 //!   in-flight step is never reset; a new object starts at 100% primary.
 //! - Before any write: the provider's API must be served (`MissingCrd`), referenced
@@ -337,7 +338,7 @@ pub async fn discover(client: &kube::Client) -> RoutingApis {
 /// Builds the router for `provider`. Each returned router owns the apex/primary/canary
 /// Services through the embedded kubernetes router.
 pub fn router_for(provider: Provider, client: kube::Client, apis: &RoutingApis) -> Box<dyn Router> {
-    router_with(provider, client, apis, None)
+    router_with(provider, client, apis, None, None)
 }
 
 /// Looks Services up in the operator's watch cache.
@@ -345,12 +346,14 @@ pub trait ServiceLookup: Send + Sync {
     fn service(&self, namespace: &str, name: &str) -> Option<k8s_openapi::api::core::v1::Service>;
 }
 
-/// `router_for`, reading Services from `services` when given (no API read per step).
+/// `router_for`, reading Services from `services` and the routing objects Serin
+/// generates from `live` when given (no API read per step).
 pub fn router_with(
     provider: Provider,
     client: kube::Client,
     apis: &RoutingApis,
     services: Option<std::sync::Arc<dyn ServiceLookup>>,
+    live: Option<std::sync::Arc<dyn apply::LiveObjects>>,
 ) -> Box<dyn Router> {
     macro_rules! cached {
         ($r:expr) => {
@@ -366,7 +369,14 @@ pub fn router_with(
             cached!(GatewayApiRouter::new(client, apis.clone(), false))
         }
         Provider::Linkerd => cached!(GatewayApiRouter::new(client, apis.clone(), true)),
-        Provider::Istio => cached!(IstioRouter::new(client, apis.clone())),
+        Provider::Istio => {
+            let r = IstioRouter::new(client, apis.clone());
+            let r = match live {
+                Some(l) => r.with_live(l),
+                None => r,
+            };
+            cached!(r)
+        }
         Provider::Traefik => cached!(TraefikRouter::new(client, apis.clone())),
         Provider::Smi(v) => cached!(SmiRouter::new(client, apis.clone(), v)),
         Provider::Nginx => cached!(NginxRouter::new(client)),

@@ -14,6 +14,11 @@
 //! with the pod's ServiceAccount token, CA and namespace where in-cluster clients
 //! look for them, and `KUBERNETES_SERVICE_HOST`/`PORT` naming an address the pod's
 //! network namespace reaches (`--forward` relays it to the loopback API server).
+//!
+//! A pod annotated `serin.dev/e2e-virtual: "true"` is *virtual*: no netns, no
+//! process, no probes; it is reported Running and Ready at once with an address from
+//! `--virtual-subnet`, so that a benchmark of thousands of pods measures the operator
+//! rather than the pods. Its API writes share `--virtual-api-concurrency` slots.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -89,6 +94,25 @@ struct Args {
     /// services made reachable from the pod network. Repeatable.
     #[arg(long)]
     forward: Vec<String>,
+    /// Addresses given to virtual pods (annotation `serin.dev/e2e-virtual: "true"`):
+    /// the first two octets of a /16 nothing routes to.
+    #[arg(long, default_value = "100.64")]
+    virtual_subnet: String,
+    /// API requests (binding, status, delete) in flight at once for virtual pods, so
+    /// that thousands created together do not swamp a small API server.
+    #[arg(long, default_value_t = 8)]
+    virtual_api_concurrency: usize,
+}
+
+/// Pod annotation that makes a pod virtual (see the module docs).
+const VIRTUAL_ANNOTATION: &str = "serin.dev/e2e-virtual";
+
+fn is_virtual(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(VIRTUAL_ANNOTATION))
+        .is_some_and(|v| v == "true")
 }
 
 /// Shared state of the simulator.
@@ -99,6 +123,10 @@ struct Sim {
     ips: Mutex<IpPool>,
     scrape: Mutex<BTreeMap<String, Value>>,
     images: image::ImageStore,
+    /// Next address index for a virtual pod (never reused while the simulator runs).
+    virtual_next: std::sync::atomic::AtomicU32,
+    /// Slots for virtual pods' API writes.
+    virtual_slots: tokio::sync::Semaphore,
 }
 
 struct IpPool {
@@ -201,6 +229,7 @@ async fn run(args: Args) -> Result<()> {
         start_forward(spec).await?;
     }
     let images = image::ImageStore::new(args.image_dir.clone(), args.state_dir.join("images"));
+    let args_virtual_slots = args.virtual_api_concurrency.max(1);
     let sim = Arc::new(Sim {
         client,
         args,
@@ -211,6 +240,8 @@ async fn run(args: Args) -> Result<()> {
         }),
         scrape: Mutex::new(BTreeMap::new()),
         images,
+        virtual_next: std::sync::atomic::AtomicU32::new(0),
+        virtual_slots: tokio::sync::Semaphore::new(args_virtual_slots),
     });
     sim.write_file_sd();
 
@@ -522,7 +553,14 @@ fn on_pod(
             let _ = h.tx.send(Desired::Stop { finalize: true });
         } else if (ours || node.is_none()) && finalizing.insert(uid.clone()) {
             let sim = sim.clone();
-            tokio::spawn(async move { finalize_delete(&sim, &pod).await });
+            tokio::spawn(async move {
+                let _slot = if is_virtual(&pod) {
+                    sim.virtual_slots.acquire().await.ok()
+                } else {
+                    None
+                };
+                finalize_delete(&sim, &pod).await
+            });
         }
         return;
     }
@@ -549,7 +587,11 @@ fn on_pod(
         return;
     }
     let (tx, rx) = watch::channel(Desired::Run);
-    let task = tokio::spawn(run_pod(sim.clone(), pod, rx));
+    let task = if is_virtual(&pod) {
+        tokio::spawn(run_virtual_pod(sim.clone(), pod, rx))
+    } else {
+        tokio::spawn(run_pod(sim.clone(), pod, rx))
+    };
     handles.insert(uid, PodHandle { tx, task });
 }
 
@@ -569,6 +611,11 @@ fn pods_api(sim: &Sim, pod: &Pod) -> Api<Pod> {
 }
 
 async fn bind_pod(sim: &Sim, pod: &Pod) {
+    let _slot = if is_virtual(pod) {
+        sim.virtual_slots.acquire().await.ok()
+    } else {
+        None
+    };
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api = pods_api(sim, pod);
     let body = json!({
@@ -1522,6 +1569,84 @@ impl Conditions {
         json!({"type": t, "status": if status {"True"} else {"False"},
                "lastProbeTime": null, "lastTransitionTime": entry.1})
     }
+}
+
+/// A virtual pod: Running and Ready at once, with an address nothing routes to and no
+/// process; stopping it only deletes the object (when asked to finalize).
+async fn run_virtual_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {
+    let key = pod_key(&pod);
+    let api = pods_api(&sim, &pod);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(spec) = pod.spec.clone() else {
+        return;
+    };
+    let n = sim
+        .virtual_next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Host part 1..=254 of each /24 in the /16, so no address ends in .0 or .255.
+    let ip = format!(
+        "{}.{}.{}",
+        sim.args.virtual_subnet,
+        (n / 254) % 256,
+        n % 254 + 1
+    );
+    let now = now_rfc3339();
+    let cond = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    let statuses: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name, "ready": true, "started": true, "restartCount": 0,
+                "image": c.image.clone().unwrap_or_default(), "imageID": "",
+                "containerID": format!("serin-sim://virtual-{n}"),
+                "state": {"running": {"startedAt": now}}, "lastState": {},
+            })
+        })
+        .collect();
+    let status = json!({"status": {
+        "phase": "Running",
+        "hostIP": sim.args.host_ip.to_string(),
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": now,
+        "conditions": [cond("Initialized"), cond("Ready"), cond("ContainersReady"), cond("PodScheduled")],
+        "containerStatuses": statuses,
+    }});
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *rx.borrow() != Desired::Run {
+            break;
+        }
+        let result = {
+            let _slot = sim.virtual_slots.acquire().await.ok();
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+        };
+        match result {
+            Ok(_) => {
+                debug!("{key}: virtual pod Ready at {ip}");
+                break;
+            }
+            Err(e) if api_code(&e) == Some(404) => return,
+            Err(e) => {
+                warn!("{key}: virtual pod status update failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = rx.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    while *rx.borrow_and_update() == Desired::Run {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+    let desired = *rx.borrow();
+    let _slot = sim.virtual_slots.acquire().await.ok();
+    finish(&sim, &pod, desired).await;
 }
 
 async fn run_pod(sim: Arc<Sim>, pod: Pod, mut rx: watch::Receiver<Desired>) {

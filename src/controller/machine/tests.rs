@@ -655,6 +655,33 @@ fn inconclusive_past_the_deadline_rolls_back() {
 }
 
 #[test]
+fn a_hold_countdown_is_rewritten_only_once_it_is_a_poll_period_off() {
+    let s = settings(canary_strategy());
+    let o = Observations {
+        canary: Readiness::NotReady("0 of 1 available".into()),
+        ..obs("v2")
+    };
+    let first = decided(&s, &status(Phase::Progressing, "v2"), &o, t0()).status;
+    let shown = first.hold_reason.clone().unwrap_or_default();
+    assert!(shown.starts_with("canary not ready: 60s left"), "{shown}");
+    // Reconciles a few seconds later (each status write brings one) leave it as it is,
+    // so the status does not change and is not written again.
+    let again = decided(&s, &first, &o, t0() + secs(4)).status;
+    assert_eq!(again, first);
+    let later = decided(&s, &again, &o, t0() + secs(5)).status;
+    let shown = later.hold_reason.clone().unwrap_or_default();
+    assert!(shown.starts_with("canary not ready: 55s left"), "{shown}");
+    // Another detail is shown at once.
+    let o2 = Observations {
+        canary: Readiness::NotReady("1 of 2 available".into()),
+        ..obs("v2")
+    };
+    let other = decided(&s, &later, &o2, t0() + secs(6)).status;
+    let shown = other.hold_reason.unwrap_or_default();
+    assert!(shown.starts_with("canary not ready: 54s left"), "{shown}");
+}
+
+#[test]
 fn canary_not_ready_until_deadline() {
     let s = settings(canary_strategy());
     let o = Observations {
