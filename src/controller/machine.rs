@@ -466,13 +466,7 @@ impl Machine<'_> {
         self.status.phase = Some(Phase::Terminating);
         self.requeue = POLL;
         if self.old_hold_is(HOLD_TO_TARGET) {
-            let since = self
-                .status
-                .hold_since
-                .as_deref()
-                .and_then(parse_time)
-                .unwrap_or(self.now);
-            let drained = (self.now - since).to_std().unwrap_or_default();
+            let drained = self.held();
             if drained >= DRAIN {
                 self.status.phase = Some(Phase::Terminated);
                 self.status.canary_weight = 0;
@@ -710,13 +704,7 @@ impl Machine<'_> {
         if !self.obs.target_scaled_up {
             return;
         }
-        let since = self
-            .status
-            .last_transition_time
-            .as_deref()
-            .and_then(parse_time)
-            .unwrap_or(self.now);
-        let settled = (self.now - since).to_std().unwrap_or_default();
+        let settled = self.elapsed_since(self.status.last_transition_time.as_deref());
         if settled >= DRAIN {
             self.actions.push(Action::ScaleTargetToZero);
         } else {
@@ -1072,12 +1060,12 @@ impl Machine<'_> {
 
     /// How long the current hold has lasted.
     fn held(&self) -> Duration {
-        let since = self
-            .status
-            .hold_since
-            .as_deref()
-            .and_then(parse_time)
-            .unwrap_or(self.now);
+        self.elapsed_since(self.status.hold_since.as_deref())
+    }
+
+    /// Time from an RFC 3339 stamp to now; none (or unreadable) counts as now.
+    fn elapsed_since(&self, stamp: Option<&str>) -> Duration {
+        let since = stamp.and_then(parse_time).unwrap_or(self.now);
         (self.now - since).to_std().unwrap_or_default()
     }
 
