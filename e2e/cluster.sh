@@ -98,7 +98,10 @@ wait_until() {
   shift 3
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
-    if [[ -n $comp ]] && ! alive "$comp"; then
+    # Gone, not merely unrecognised: right after `spawn` the child may still be the
+    # forked shell that has not exec'd the program yet, whose command line lacks the
+    # signature `alive` looks for (seen once: "prometheus exited" with an empty log).
+    if [[ -n $comp ]] && ! kill -0 "$(pid_of "$comp")" 2>/dev/null; then
       log "last lines of $STATE/logs/$comp.log:"
       tail -n 15 "$STATE/logs/$comp.log" >&2 || true
       die "$comp exited while waiting for $what (log: $STATE/logs/$comp.log)"
