@@ -8,9 +8,10 @@ demo:
 test:
 	e2e/test.sh
 
-# Regenerate crds/ from the Rust types.
+# Regenerate crds/ and the field reference (docs/reference.md) from the Rust types.
 crds:
 	cargo run -q -- crds > crds/serin.yaml
+	cargo run -q -- reference > docs/reference.md
 
 # Container image serin:<version> and an OCI archive, with buildah (no Docker daemon).
 image:

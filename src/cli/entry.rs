@@ -29,6 +29,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", crate::crd::crds_yaml()?);
             Ok(())
         }
+        Command::Reference => {
+            print!("{}", crate::crd::reference_markdown());
+            Ok(())
+        }
         Command::Validate {
             files,
             provider,

@@ -30,6 +30,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Print the CRD field reference as Markdown (docs/reference.md).
+    Reference,
     /// Check Canary manifests (YAML, one or more documents) without a cluster.
     Validate {
         /// Files to check; `-` reads standard input.

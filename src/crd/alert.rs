@@ -20,12 +20,16 @@ pub struct AlertProviderSpec {
     /// `slack`, `msteams`, `discord`, `rocket`, `gchat`, or (Serin extension) `webhook`
     /// for a generic JSON POST.
     pub r#type: String,
+    /// Channel (or room) the message goes to, where the service has channels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Name the message is posted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Webhook address of the service; prefer `secretRef` (it is a credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// HTTP(S) proxy the message is sent through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
     /// Secret with `address` (and optionally `token`, `proxy`) keys.

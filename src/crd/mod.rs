@@ -5,12 +5,14 @@
 mod alert;
 mod canary;
 pub mod duration;
+mod reference;
 mod schema;
 mod settings;
 mod template;
 
 pub use alert::{AlertProvider, AlertProviderSpec};
 pub use canary::*;
+pub use reference::reference_markdown;
 pub use settings::{Provider, Settings, SmiVersion, SpecError, Strategy};
 pub use template::{MetricProvider, MetricTemplate, MetricTemplateSpec};
 
