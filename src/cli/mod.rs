@@ -164,6 +164,11 @@ pub struct RunArgs {
     /// `<controllerName>=<Feature>,<Feature>;...` (complete lists; see `serin validate --help`).
     #[arg(long, env = "SERIN_GATEWAY_FEATURES", default_value = "")]
     pub gateway_features: String,
+    /// How often the served routing APIs are discovered again; when a provider's CRDs
+    /// appear after start-up (GitOps applies them in any order), the controller
+    /// restarts in-process to watch them. 0 turns it off.
+    #[arg(long, env = "SERIN_REDISCOVER_SECONDS", default_value_t = 60)]
+    pub rediscover_seconds: u64,
     /// How long the data plane has to confirm a route write before it is undone.
     #[arg(long, env = "SERIN_ROUTE_CONFIRM_SECONDS", default_value_t = 10)]
     pub route_confirm_seconds: u64,

@@ -24,6 +24,7 @@ use crate::analysis::AnalysisCtx;
 use crate::cli::{LogFormat, RunArgs};
 use crate::crd::{AlertProvider, Canary, MetricTemplate};
 use crate::notify::{GlobalAlerts, Notifier, Severity};
+use crate::router::RoutingApis;
 use crate::server::{Metrics, ServerState};
 use reconcile::{Context, Stores};
 
@@ -99,7 +100,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         return Ok(());
     }
 
-    let result = run_controller(client, &args, metrics, ready, stop_rx.clone(), lease).await;
+    let result = loop {
+        match run_controller(
+            client.clone(),
+            &args,
+            metrics.clone(),
+            ready.clone(),
+            stop_rx.clone(),
+            lease.clone(),
+        )
+        .await
+        {
+            // New routing APIs: start over with them, keeping the Lease and the server.
+            Ok(Exit::ApisChanged) if !*stop_rx.borrow() => {
+                ready.store(false, Ordering::Relaxed);
+                continue;
+            }
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
     let _ = stop_tx.send(true);
     if let Ok(Err(e)) = server.await {
         warn!(error = %e, "metrics server stopped with an error");
@@ -205,6 +225,58 @@ where
     }
 }
 
+/// Background tasks of one controller run, aborted when it ends.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    fn spawn<F>(&mut self, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        self.0.push(tokio::spawn(async move {
+            task.await;
+        }));
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Why `run_controller` returned without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Shutdown or lost leadership.
+    Stopped,
+    /// A routing API appeared after start-up; run again to use it.
+    ApisChanged,
+}
+
+/// Discovers the routing APIs every `every` and returns (once) when one is served that
+/// `known` lacked. The routers and the owned-route caches are built from discovery at
+/// start, so a CRD installed later (GitOps applies Serin and a mesh in any order)
+/// would otherwise stay `RouterCrdMissing` until someone restarted the pod.
+async fn apis_gained(client: Client, known: RoutingApis, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut now = crate::router::discover(&client).await;
+        now.gateway_features = known.gateway_features.clone();
+        let gained = known.gained(&now);
+        if !gained.is_empty() {
+            info!(
+                ?gained,
+                "routing APIs now served; restarting the controller to use them"
+            );
+            return;
+        }
+    }
+}
+
 async fn run_controller(
     client: Client,
     args: &RunArgs,
@@ -212,7 +284,7 @@ async fn run_controller(
     ready: Arc<AtomicBool>,
     stop: tokio::sync::watch::Receiver<bool>,
     lease: Option<tokio::sync::watch::Receiver<bool>>,
-) -> Result<(), RunError> {
+) -> Result<Exit, RunError> {
     let ns = args.namespace.as_deref();
     let cfg = watcher::Config::default();
     let mut routing = crate::router::discover(&client).await;
@@ -222,6 +294,18 @@ async fn run_controller(
         .await
         .map_err(|e| RunError::Startup(format!("autoscaling API discovery: {e}")))?;
     info!(?routing, ?hpa, "discovered APIs");
+    // Everything this run spawns ends with it, so a restart for new APIs leaves no
+    // watch of the old run behind.
+    let mut tasks = Tasks::default();
+    let (gained_tx, mut gained_rx) = tokio::sync::watch::channel(false);
+    if args.rediscover_seconds > 0 {
+        let (client, known) = (client.clone(), routing.clone());
+        let every = std::time::Duration::from_secs(args.rediscover_seconds);
+        tasks.spawn(async move {
+            apis_gained(client, known, every).await;
+            let _ = gained_tx.send(true);
+        });
+    }
 
     let controller = Controller::new(api_for::<Canary>(&client, ns), cfg.clone());
     let canaries = controller.store();
@@ -233,7 +317,7 @@ async fn run_controller(
     let (services, svc_stream) = store_of(api_for::<Service>(&client, ns), cfg.clone());
     let (providers, provider_stream) = store_of(api_for::<AlertProvider>(&client, ns), cfg.clone());
     // Alert providers trigger nothing; the stream only keeps the cache current.
-    tokio::spawn(provider_stream.for_each(|_| async {}));
+    tasks.spawn(provider_stream.for_each(|_| async {}));
 
     let secret_source = Arc::new(StoreSecrets(secrets.clone()));
     let http = reqwest::Client::builder()
@@ -267,7 +351,7 @@ async fn run_controller(
         controller: "serin".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let owned_routes = owned_route_cache(&client, ns, &routing);
+    let owned_routes = owned_route_cache(&client, ns, &routing, &mut tasks);
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: Stores {
@@ -336,7 +420,7 @@ async fn run_controller(
     {
         let ready = ready.clone();
         let stores = ctx.stores.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let synced = async {
                 wait_ready(&stores.canaries).await;
                 wait_ready(&stores.deployments).await;
@@ -355,17 +439,21 @@ async fn run_controller(
     let shutdown = {
         let mut stop = stop.clone();
         let mut lease = lease.clone();
+        let mut gained = gained_rx.clone();
         async move {
-            match lease.as_mut() {
-                Some(l) => {
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => {},
-                        _ = l.wait_for(|leader| !*leader) => error!("lost leadership; stopping"),
+            let lost = async {
+                match lease.as_mut() {
+                    Some(l) => {
+                        let _ = l.wait_for(|leader| !*leader).await;
+                        error!("lost leadership; stopping");
                     }
+                    None => std::future::pending().await,
                 }
-                None => {
-                    let _ = stop.wait_for(|s| *s).await;
-                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {},
+                _ = lost => {},
+                _ = gained.wait_for(|g| *g) => {},
             }
         }
     };
@@ -378,7 +466,11 @@ async fn run_controller(
             }
         })
         .await;
-    Ok(())
+    if *gained_rx.borrow_and_update() {
+        Ok(Exit::ApisChanged)
+    } else {
+        Ok(Exit::Stopped)
+    }
 }
 
 /// Waits until `store` has its first full list. kube-runtime's readiness signal keeps
@@ -425,6 +517,7 @@ fn owned_route_cache(
     client: &Client,
     ns: Option<&str>,
     routing: &crate::router::RoutingApis,
+    tasks: &mut Tasks,
 ) -> Option<Arc<dyn crate::router::apply::LiveObjects>> {
     if !routing.istio {
         return None;
@@ -461,7 +554,7 @@ fn owned_route_cache(
         .touched_objects();
         // Nothing reconciles on these events: the cache only has to be current when a
         // step compares against it (a stale entry costs one 409 and a GET).
-        tokio::spawn(stream.for_each(|_| async {}));
+        tasks.spawn(stream.for_each(|_| async {}));
         stores.push((ar, reader));
     }
     Some(Arc::new(OwnedRoutes { stores }))

@@ -123,7 +123,10 @@ pub struct ServiceInputs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("{kind}.{group} is not installed on this cluster (provider {provider})")]
+    #[error(
+        "{kind}.{group} is not installed on this cluster (provider {provider}); once it is, \
+         Serin uses it within --rediscover-seconds, without a restart"
+    )]
     MissingCrd {
         provider: &'static str,
         group: String,
@@ -281,6 +284,55 @@ impl RoutingApis {
             gateway_timeouts: true,
             gateway_features: BTreeMap::new(),
         }
+    }
+}
+
+impl RoutingApis {
+    /// The routing APIs `newer` serves that `self` does not (a CRD installed, or a
+    /// newer version of one), by name. Losses are not reported: a discovery that
+    /// failed for a moment looks like one, and the routers' own requests tell the
+    /// Canaries about a CRD that is really gone.
+    pub fn gained(&self, newer: &RoutingApis) -> Vec<String> {
+        let mut gained = Vec::new();
+        let mut version = |what: &str, old: &Option<String>, new: &Option<String>| {
+            if let Some(v) = new
+                && old.as_ref() != Some(v)
+            {
+                gained.push(format!("{what} {v}"));
+            }
+        };
+        version(
+            "HTTPRoute",
+            &self.httproute_version,
+            &newer.httproute_version,
+        );
+        version(
+            "GRPCRoute",
+            &self.grpcroute_version,
+            &newer.grpcroute_version,
+        );
+        let istio_old = self
+            .istio
+            .then(|| self.istio_version.clone().unwrap_or_default());
+        let istio_new = newer
+            .istio
+            .then(|| newer.istio_version.clone().unwrap_or_default());
+        version("VirtualService", &istio_old, &istio_new);
+        if newer.traefik && !self.traefik {
+            gained.push("TraefikService".into());
+        }
+        for v in &newer.smi_versions {
+            if !self.smi_versions.contains(v) {
+                gained.push(format!("TrafficSplit {v}"));
+            }
+        }
+        if newer.gateway_mirror_percent && !self.gateway_mirror_percent {
+            gained.push("HTTPRoute requestMirror.percent".into());
+        }
+        if newer.gateway_timeouts && !self.gateway_timeouts {
+            gained.push("HTTPRoute timeouts".into());
+        }
+        gained
     }
 }
 
@@ -574,6 +626,34 @@ mod tests {
     use crate::router::kubernetes::tests::{canary, inputs};
 
     /// A client whose server does not exist: any API call fails with a Kube error, so a
+    #[test]
+    fn gained_names_what_became_served_and_ignores_losses() {
+        let none = RoutingApis::default();
+        let all = RoutingApis::all();
+        let gained = none.gained(&all);
+        for api in [
+            "HTTPRoute v1",
+            "GRPCRoute v1",
+            "TraefikService",
+            "TrafficSplit v1alpha3",
+        ] {
+            assert!(
+                gained.iter().any(|g| g == api),
+                "{api} missing from {gained:?}"
+            );
+        }
+        assert!(gained.iter().any(|g| g.starts_with("VirtualService")));
+        assert!(all.gained(&none).is_empty(), "a loss is not a gain");
+        assert!(all.gained(&all).is_empty());
+        let mut beta = all.clone();
+        beta.httproute_version = Some("v1beta1".into());
+        assert_eq!(
+            beta.gained(&all),
+            ["HTTPRoute v1"],
+            "an upgraded CRD is a gain"
+        );
+    }
+
     /// `MissingCrd` result proves the check came before any request.
     fn offline_client() -> kube::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
