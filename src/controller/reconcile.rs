@@ -91,6 +91,9 @@ pub struct Context {
     /// Watch cache of the routing objects Serin generates, for the routers that take
     /// one: their step writes compare against it instead of a GET.
     pub owned_routes: Option<Arc<dyn router::apply::LiveObjects>>,
+    /// The status last written per Canary, for reconciles that start from a cache
+    /// that has not seen it yet.
+    pub written: super::written::Written,
 }
 
 /// How route writes are confirmed on the data plane.
@@ -183,6 +186,16 @@ const BROKEN_RETRY: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
     let start = Instant::now();
+    let canary = match ctx.written.newer_status(&canary) {
+        Some(status) => {
+            ctx.metrics.stale_cache_reconciles.inc();
+            debug!(canary = %canary.name_any(), "watch cache behind the last status write; deciding from the write");
+            let mut newer = (*canary).clone();
+            newer.status = Some(status);
+            Arc::new(newer)
+        }
+        None => canary,
+    };
     let result = reconcile_inner(&canary, &ctx).await;
     ctx.metrics
         .reconcile_duration
@@ -783,8 +796,14 @@ async fn write_status(
         .patch_status(&name, &patch_params(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(returned) => {
+            ctx.written.record(&returned);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.written.forget(canary);
+            Ok(())
+        }
         Err(source) => Err(ReconcileError::Kube {
             context: format!("writing status of canary {ns}/{name}"),
             source,

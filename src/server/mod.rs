@@ -81,6 +81,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub api_requests: Family<ApiLabels, Counter>,
+    /// Reconciles whose Canary, from the watch cache, predated Serin's own last
+    /// status write for it (they decide from the write instead).
+    pub stale_cache_reconciles: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,6 +178,12 @@ impl Metrics {
             "Requests to the Kubernetes API by verb and kind",
             api_requests.clone(),
         );
+        let stale_cache_reconciles = Counter::default();
+        registry.register(
+            "serin_stale_cache_reconciles",
+            "Reconciles that found the watch cache behind the operator's own last status write",
+            stale_cache_reconciles.clone(),
+        );
         Metrics {
             registry,
             canary_status,
@@ -188,6 +197,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             api_requests,
+            stale_cache_reconciles,
         }
     }
 
