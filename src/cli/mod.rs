@@ -164,6 +164,10 @@ pub struct RunArgs {
     /// `<controllerName>=<Feature>,<Feature>;...` (complete lists; see `serin validate --help`).
     #[arg(long, env = "SERIN_GATEWAY_FEATURES", default_value = "")]
     pub gateway_features: String,
+    /// Releases under way at once across all Canaries (0: no limit); further new
+    /// revisions wait in `Waiting`, in the order they arrived.
+    #[arg(long, env = "SERIN_MAX_CONCURRENT_RELEASES", default_value_t = 0)]
+    pub max_concurrent_releases: usize,
     /// How often the served routing APIs are discovered again; when a provider's CRDs
     /// appear after start-up (GitOps applies them in any order), the controller
     /// restarts in-process to watch them. 0 turns it off.

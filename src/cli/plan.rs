@@ -104,6 +104,7 @@ pub fn plan(canary: &Canary, provider: &str) -> Result<Plan, CliError> {
             has_metrics: !metrics.is_empty(),
             checks: CheckResults::default(),
             route_rejected: None,
+            queued: None,
         };
         let mut calls = Vec::new();
         let decision = loop {

@@ -60,6 +60,17 @@ pub struct Observations {
     /// last confirmed route has been restored. The release cannot go on with routes
     /// that are not served.
     pub route_rejected: Option<String>,
+    /// `--max-concurrent-releases`: `Some` when every release slot is taken and this
+    /// Canary's new revision must wait its turn; `None` when it may start.
+    pub queued: Option<Queued>,
+}
+
+/// A release waiting for a slot under `--max-concurrent-releases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// 1 for the next to start.
+    pub position: usize,
+    pub limit: usize,
 }
 
 /// Steering requests read from the Canary's annotations, so that a person or a CI
@@ -116,6 +127,32 @@ pub enum Action {
     Finalize,
 }
 
+fn new_revision(status: &CanaryStatus, obs: &Observations) -> bool {
+    status.last_applied_spec.as_deref() != Some(obs.target_checksum.as_str())
+}
+
+fn retry_requested(status: &CanaryStatus, obs: &Observations) -> bool {
+    // Waiting counts when the last release failed: a retry held by confirm-rollout
+    // must keep waiting, not fall back to Failed and ask again every tick.
+    let failed = match status.phase {
+        Some(Phase::Failed) => true,
+        Some(Phase::Waiting) => status.last_applied_spec != status.last_promoted_spec,
+        _ => false,
+    };
+    failed && obs.retry.is_some() && obs.retry != status.last_retry
+}
+
+/// Whether this tick could start a release (a settled Canary with a new revision or
+/// a retry), for the admission control of `--max-concurrent-releases`, which needs
+/// the answer before the machine runs.
+pub fn wants_to_start(status: &CanaryStatus, obs: &Observations) -> bool {
+    matches!(
+        status.phase,
+        Some(Phase::Initialized | Phase::Succeeded | Phase::Failed | Phase::Waiting)
+    ) && !obs.deleting
+        && (new_revision(status, obs) || retry_requested(status, obs))
+}
+
 pub use crate::notify::Severity;
 
 /// A Kubernetes Event on the Canary (and, with `alert`, a notification).
@@ -151,8 +188,14 @@ const POLL: Duration = Duration::from_secs(5);
 /// routed to the canary must find its pods alive.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
+/// How often a queued release looks for a free slot.
+const QUEUE_POLL: Duration = Duration::from_secs(5);
+
 /// Hold key of a release paused by `serin.dev/paused`.
 pub const HOLD_PAUSED: &str = "paused";
+/// Hold key of a new revision waiting for a slot under `--max-concurrent-releases`;
+/// the observe step orders the queue by when each Canary's hold began.
+pub const HOLD_QUEUED: &str = "release queue";
 
 /// Hold keys of a promotion that takes the primary out of traffic while it rolls.
 const HOLD_DRAINING: &str = "draining primary";
@@ -370,6 +413,7 @@ impl Machine<'_> {
                 "canary not ready" => "CanaryNotReady",
                 HOLD_TARGET_NOT_READY => "TargetNotReady",
                 HOLD_PAUSED => "Paused",
+                HOLD_QUEUED => "Queued",
                 _ => "Holding",
             };
             self.event(
@@ -607,18 +651,11 @@ impl Machine<'_> {
     }
 
     fn new_revision(&self) -> bool {
-        self.status.last_applied_spec.as_deref() != Some(self.obs.target_checksum.as_str())
+        new_revision(&self.status, self.obs)
     }
 
     fn retry_requested(&self) -> bool {
-        // Waiting counts when the last release failed: a retry held by confirm-rollout
-        // must keep waiting, not fall back to Failed and ask again every tick.
-        let failed = match self.status.phase {
-            Some(Phase::Failed) => true,
-            Some(Phase::Waiting) => self.status.last_applied_spec != self.status.last_promoted_spec,
-            _ => false,
-        };
-        failed && self.obs.retry.is_some() && self.obs.retry != self.status.last_retry
+        retry_requested(&self.status, self.obs)
     }
 
     fn abort_requested(&self) -> bool {
@@ -662,6 +699,20 @@ impl Machine<'_> {
                 &format!("asked at {since}; the new revision waits for `resume`"),
             );
             self.requeue = self.settings.interval;
+            return;
+        }
+        if pending && let Some(q) = self.obs.queued {
+            // Not bound by the progress deadline: the wait is for other releases, not
+            // for this one's pods or data.
+            self.hold(
+                HOLD_QUEUED,
+                &format!(
+                    "position {} for one of {} release slots (--max-concurrent-releases)",
+                    q.position, q.limit
+                ),
+            );
+            self.status.phase = Some(Phase::Waiting);
+            self.requeue = self.requeue.min(QUEUE_POLL);
             return;
         }
         if !pending && self.was_paused() {

@@ -3,6 +3,7 @@
 
 pub mod apicount;
 pub mod machine;
+pub mod queue;
 pub mod reconcile;
 pub mod status;
 pub mod workload;
@@ -383,6 +384,8 @@ async fn run_controller(
         },
         owned_routes,
         written: Default::default(),
+        max_releases: args.max_concurrent_releases,
+        admission: Default::default(),
     });
 
     let (c1, c2, c3, c4, c5) = (

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::machine::{
     self, Action, CheckResults, Decision, Observations, Readiness, Severity, Step,
 };
+use super::queue;
 use super::status::status_patch;
 use super::workload::{self, Workload, WorkloadKind, Workloads};
 use crate::analysis::{self, AnalysisCtx};
@@ -94,6 +95,9 @@ pub struct Context {
     /// The status last written per Canary, for reconciles that start from a cache
     /// that has not seen it yet.
     pub written: super::written::Written,
+    /// `--max-concurrent-releases` (0: no limit) and the starts it has granted.
+    pub max_releases: usize,
+    pub admission: super::queue::Admission,
 }
 
 /// How route writes are confirmed on the data plane.
@@ -425,9 +429,28 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
         webhook_types,
         checks: CheckResults::default(),
         route_rejected: None,
+        queued: None,
     };
 
     let now = Utc::now();
+    let me = (ns.clone(), name.clone());
+    let admitting = ctx.max_releases > 0 && machine::wants_to_start(&status, &obs);
+    if admitting {
+        let others: Vec<queue::Entry> = ctx
+            .stores
+            .canaries
+            .state()
+            .iter()
+            .map(|c| {
+                let key = (c.namespace_or_default(), c.name_any());
+                queue::Entry::of(key, &ctx.written.status_of(c))
+            })
+            .collect();
+        let since = queue::Entry::of(me.clone(), &status)
+            .queued_since
+            .unwrap_or(now);
+        obs.queued = ctx.admission.admit(ctx.max_releases, &me, since, &others);
+    }
     let mut decision = None;
     // Each round answers what the machine asked for; a gate's answer can lead it to
     // ask for one more, so allow a few rounds.
@@ -449,6 +472,12 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
                 }
             }
         }
+    }
+    if admitting
+        && obs.queued.is_none()
+        && decision.as_ref().and_then(|d| d.status.phase) != Some(Phase::Progressing)
+    {
+        ctx.admission.release(&me);
     }
     let Some(mut decision) = decision else {
         warn!(canary = %name, namespace = %ns, "state machine did not settle");

@@ -102,6 +102,18 @@ impl Written {
         }
     }
 
+    /// The fresher of the cached status and the last one written, without
+    /// forgetting anything (for reading other Canaries than the one reconciled).
+    pub fn status_of(&self, cached: &Canary) -> CanaryStatus {
+        let fresher = self.records.lock().ok().and_then(|records| {
+            let record = records.get(&key(cached))?;
+            let uid = cached.metadata.uid.as_deref().unwrap_or("");
+            let rv = cached.metadata.resource_version.as_deref().unwrap_or("");
+            (freshness(uid, rv, record) == Freshness::Behind).then(|| record.status.clone())
+        });
+        fresher.unwrap_or_else(|| cached.status_or_default())
+    }
+
     pub fn len(&self) -> usize {
         self.records.lock().map(|r| r.len()).unwrap_or(0)
     }
@@ -167,6 +179,12 @@ mod tests {
             "the step already taken is not decided again"
         );
         assert_eq!(w.len(), 1, "kept while the cache is behind");
+        assert_eq!(
+            w.status_of(&stale).canary_weight,
+            10,
+            "others read the write too"
+        );
+        assert_eq!(w.len(), 1, "reading does not forget");
         assert_eq!(w.newer_status(&canary("u1", "120", 10)), None);
         assert!(w.is_empty(), "dropped once caught up");
         // A later write by someone else (the cache ahead of our record) wins too.

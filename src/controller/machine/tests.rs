@@ -55,6 +55,7 @@ fn obs(checksum: &str) -> Observations {
         has_metrics: true,
         checks: CheckResults::default(),
         route_rejected: None,
+        queued: None,
     }
 }
 
@@ -1826,4 +1827,98 @@ fn promote_from_waiting_promotion_needs_no_analysis() {
     let d = decided(&s, &st, &o, t0() + secs(1));
     assert_eq!(d.status.phase, Some(Phase::Promoting));
     assert_eq!(d.status.last_promote.as_deref(), Some("force:1"));
+}
+
+/// `--max-concurrent-releases`: a new revision without a slot waits in `Waiting`
+/// with its place in the queue, unbounded by the progress deadline, and starts as
+/// soon as the observe step gives it a slot; a running release is never queued.
+#[test]
+fn a_queued_revision_waits_its_turn_then_starts() {
+    let s = settings(canary_strategy());
+    let queued = |position| Observations {
+        queued: Some(Queued { position, limit: 2 }),
+        ..obs("v2")
+    };
+    let d = decided(&s, &status(Phase::Succeeded, "v1"), &queued(3), t0());
+    assert_eq!(d.status.phase, Some(Phase::Waiting));
+    assert!(
+        d.actions.is_empty(),
+        "nothing scaled or routed: {:?}",
+        d.actions
+    );
+    let reason = d.status.hold_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(HOLD_QUEUED)
+            && reason.contains("position 3")
+            && reason.contains("2 release slots"),
+        "{reason}"
+    );
+    assert!(
+        d.events.iter().any(|e| e.reason == "Queued"),
+        "{:?}",
+        d.events
+    );
+    assert!(d.requeue_after <= QUEUE_POLL);
+
+    // Still queued long past the progress deadline: it keeps waiting, the queue
+    // position moves, and the time it joined the queue (its order) is kept.
+    let later = t0() + secs(3600);
+    let d2 = decided(&s, &d.status, &queued(1), later);
+    assert_eq!(
+        d2.status.phase,
+        Some(Phase::Waiting),
+        "not failed by the deadline"
+    );
+    assert_eq!(
+        d2.status.hold_since, d.status.hold_since,
+        "queue order kept"
+    );
+    assert!(
+        d2.events.is_empty(),
+        "one Event on joining the queue: {:?}",
+        d2.events
+    );
+
+    // A slot: the release starts as any other.
+    let d3 = decided(&s, &d2.status, &obs("v2"), later + secs(5));
+    assert_eq!(d3.status.phase, Some(Phase::Progressing));
+    assert_eq!(d3.actions, vec![Action::ScaleTargetUp]);
+    assert_eq!(d3.status.hold_reason, None);
+
+    // The revision is withdrawn while queued: back to the settled phase.
+    let d4 = decided(
+        &s,
+        &d2.status,
+        &Observations {
+            queued: Some(Queued {
+                position: 1,
+                limit: 2,
+            }),
+            ..obs("v1")
+        },
+        later,
+    );
+    assert_eq!(d4.status.phase, Some(Phase::Succeeded));
+}
+
+#[test]
+fn a_running_release_is_never_held_by_the_queue() {
+    let s = settings(canary_strategy());
+    let mut st = status(Phase::Progressing, "v2");
+    st.canary_weight = 10;
+    st.last_step_time = Some(t0().to_rfc3339());
+    let o = Observations {
+        queued: Some(Queued {
+            position: 1,
+            limit: 1,
+        }),
+        ..with_metrics(obs("v2"), Verdict::Pass)
+    };
+    let d = decided(&s, &st, &o, t0() + secs(61));
+    assert_eq!(d.status.phase, Some(Phase::Progressing));
+    assert!(
+        d.status.canary_weight > 10,
+        "the step advanced: {:?}",
+        d.status
+    );
 }
