@@ -202,6 +202,10 @@ const HOLD_DRAINING: &str = "draining primary";
 const DRAINING_DETAIL: &str =
     "all traffic is on the canary; the primary rolls out once the data plane has moved off it";
 const HOLD_SETTLING: &str = "primary settling";
+/// Hold key of a canary whose pods are ready, before its first traffic.
+const HOLD_CANARY_SETTLING: &str = "canary settling";
+const CANARY_SETTLING_DETAIL: &str =
+    "the canary is ready; its first traffic comes once the data plane knows its endpoints";
 /// Hold keys of a deletion: the target coming back up, then traffic draining to it.
 const HOLD_RESTORING: &str = "restoring the target";
 // Its own key after HOLD_RESTORING, so the Event that explains it is sent.
@@ -884,11 +888,20 @@ impl Machine<'_> {
         {
             self.clear_hold();
         }
+        let first = self.status.canary_weight == 0 && self.status.iterations == 0;
+        // Only before the run's first step: a failed pre-rollout gate sets the step
+        // clock, and its retries need no second settling.
+        // Blue/green sends users nothing before the promotion, which comes iterations
+        // later: only the strategies whose first step is real traffic settle.
+        let first_traffic = !matches!(self.settings.strategy, Strategy::BlueGreen { .. });
+        if first && first_traffic && self.status.last_step_time.is_none() && self.canary_settling()
+        {
+            return;
+        }
         if let Some(wait) = self.until_due() {
             self.requeue = wait;
             return;
         }
-        let first = self.status.canary_weight == 0 && self.status.iterations == 0;
         if first {
             match self.gate(WebhookType::PreRollout) {
                 Gate::Pending => return,
@@ -907,6 +920,27 @@ impl Machine<'_> {
         }
         self.clear_hold();
         self.advance();
+    }
+
+    /// Whether the release still waits for the data plane to learn the canary's
+    /// endpoints. Its pods turn ready before the gateway knows them (Traefik has taken
+    /// over 3 s on a loaded machine), and a weight step in between sends the canary's
+    /// share to a backend with no endpoints: 503s. Silent (no Event): it is part of
+    /// every release, like the promotion's settling.
+    fn canary_settling(&mut self) -> bool {
+        if self.old_hold_is(HOLD_CANARY_SETTLING) {
+            let held = self.held();
+            if held >= DRAIN {
+                self.clear_hold();
+                return false;
+            }
+            self.requeue = self.requeue.min(DRAIN - held);
+            return true;
+        }
+        self.status.hold_since = Some(self.now.to_rfc3339());
+        self.status.hold_reason = Some(format!("{HOLD_CANARY_SETTLING}: {CANARY_SETTLING_DETAIL}"));
+        self.requeue = self.requeue.min(DRAIN);
+        true
     }
 
     /// Time left before the next analysis step, or `None` when it is due.

@@ -68,6 +68,13 @@ fn status(phase: Phase, applied: &str) -> CanaryStatus {
     }
 }
 
+/// A run whose canary has been ready for the settling time since `t0`.
+fn settled(mut st: CanaryStatus) -> CanaryStatus {
+    st.hold_reason = Some(format!("{HOLD_CANARY_SETTLING}: {CANARY_SETTLING_DETAIL}"));
+    st.hold_since = Some(t0().to_rfc3339());
+    st
+}
+
 fn check(name: &str, verdict: Verdict) -> CheckStatus {
     CheckStatus {
         name: name.into(),
@@ -212,11 +219,21 @@ fn transition_table() {
             weight: 0,
         },
         Row {
-            name: "first step: no analysis at weight 0, traffic moves to the first weight",
+            name: "first step: a canary just ready gets no traffic until the data plane can know it",
             settings: s.clone(),
             status: status(Phase::Progressing, "v2"),
             obs: obs("v2"),
             now: t0(),
+            phase: Phase::Progressing,
+            actions: vec![],
+            weight: 0,
+        },
+        Row {
+            name: "first step: settled, no analysis at weight 0, traffic moves to the first weight",
+            settings: s.clone(),
+            status: settled(status(Phase::Progressing, "v2")),
+            obs: obs("v2"),
+            now: t0() + DRAIN,
             phase: Phase::Progressing,
             actions: vec![Action::SetRoutes(Routes::weighted(10))],
             weight: 10,
@@ -579,9 +596,9 @@ fn transition_table() {
         Row {
             name: "A/B first iteration: matched traffic to canary",
             settings: settings(Strategy::AbTesting { iterations: 3 }),
-            status: status(Phase::Progressing, "v2"),
+            status: settled(status(Phase::Progressing, "v2")),
             obs: obs("v2"),
-            now: t0(),
+            now: t0() + DRAIN,
             phase: Phase::Progressing,
             actions: vec![Action::SetRoutes(Routes {
                 primary: 0,
@@ -744,8 +761,10 @@ fn gates_are_asked_for_only_when_needed() {
     );
     let d = decided(&s, &status(Phase::Waiting, "v1"), &o, t0());
     assert_eq!(phase_of(&d), Some(Phase::Progressing));
-    // First step asks for pre-rollout, not metrics.
-    match step(&s, &d.status, &o, t0()) {
+    // First step (once the canary has settled) asks for pre-rollout, not metrics.
+    let settling = decided(&s, &d.status, &o, t0());
+    assert!(settling.actions.is_empty(), "{settling:?}");
+    match step(&s, &settling.status, &o, t0() + DRAIN) {
         Step::NeedChecks(p) => {
             assert_eq!(p.gates, vec![WebhookType::PreRollout]);
             assert!(!p.metrics);
