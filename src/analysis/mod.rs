@@ -312,6 +312,34 @@ fn canary_metrics_server(ctx: &AnalysisCtx, canary: &Canary) -> Option<String> {
         })
 }
 
+/// The window a check looks back over: its `interval` (default 1m), but never past
+/// the run's first step. Every built-in selects the canary by the target's name,
+/// which the previous release's canary had too (and it served all traffic during
+/// that promotion): a window reaching back into it dilutes this revision's errors
+/// with the last one's successes. A window too short for the scrape interval gives
+/// no data, which holds the step until it has grown.
+fn run_window(
+    metric: &str,
+    configured: Option<&str>,
+    traffic_since: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, AnalysisError> {
+    let configured = configured
+        .filter(|i| !i.trim().is_empty())
+        .unwrap_or(template::DEFAULT_METRIC_INTERVAL);
+    let full = parse_duration(configured).map_err(|e| AnalysisError::Invalid {
+        field: format!("metrics[{metric}].interval"),
+        why: e.to_string(),
+    })?;
+    let since = traffic_since
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| (now - t.with_timezone(&chrono::Utc)).to_std().ok());
+    Ok(match since {
+        Some(run) if run < full => format!("{}s", run.as_secs_f64().ceil().max(1.0) as u64),
+        _ => configured.to_string(),
+    })
+}
+
 /// Resolves template, Secret, address and query text. Async only for the Secret.
 async fn plan(
     ctx: &AnalysisCtx,
@@ -320,9 +348,18 @@ async fn plan(
     metric: &CanaryMetric,
     timeout: Duration,
 ) -> Result<Plan, AnalysisError> {
+    let window = run_window(
+        &metric.name,
+        metric.interval.as_deref(),
+        canary
+            .status
+            .as_ref()
+            .and_then(|s| s.traffic_since.as_deref()),
+        chrono::Utc::now(),
+    )?;
     let model = TemplateModel::for_canary(
         canary,
-        metric.interval.as_deref(),
+        Some(window.as_str()),
         metric.template_variables.as_ref(),
     )?;
     let builtin = builtin_of(metric);
@@ -385,13 +422,10 @@ async fn plan(
                 timeout,
             )?),
             BackendKind::Saas(kind) => {
-                let interval = match metric.interval.as_deref().filter(|i| !i.trim().is_empty()) {
-                    None => Duration::from_secs(60),
-                    Some(i) => parse_duration(i).map_err(|e| AnalysisError::Invalid {
-                        field: format!("metrics[{}].interval", metric.name),
-                        why: e.to_string(),
-                    })?,
-                };
+                let interval = parse_duration(&window).map_err(|e| AnalysisError::Invalid {
+                    field: format!("metrics[{}].interval", metric.name),
+                    why: e.to_string(),
+                })?;
                 Box::new(backend::saas::SaasClient::new(
                     kind,
                     &ctx.http,

@@ -1120,3 +1120,38 @@ async fn gates_of_the_tester_drive_webhook_verdicts() {
     let load = run_webhooks(&ctx, &c, WebhookType::Rollout, Phase::Progressing).await;
     assert_eq!(verdict(load), (Verdict::Pass, Some(202.0)));
 }
+
+#[test]
+fn a_window_never_reaches_back_past_the_runs_first_step() {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:10:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let w = |configured, since| run_window("m", configured, since, now).unwrap();
+    assert_eq!(w(Some("1m"), None), "1m", "no run under way: as configured");
+    assert_eq!(w(None, None), "1m", "Flagger's default");
+    assert_eq!(
+        w(Some("1m"), Some("2026-01-01T00:09:50Z")),
+        "10s",
+        "10 s into the run: only its 10 s"
+    );
+    assert_eq!(
+        w(Some("1m"), Some("2026-01-01T00:09:49.2Z")),
+        "11s",
+        "rounded up"
+    );
+    assert_eq!(
+        w(Some("30s"), Some("2026-01-01T00:00:00Z")),
+        "30s",
+        "a long run: as configured"
+    );
+    assert_eq!(
+        w(Some("1m"), Some("2026-01-01T00:10:00Z")),
+        "1s",
+        "never empty"
+    );
+    assert_eq!(w(Some("1m"), Some("not a time")), "1m");
+    assert!(
+        run_window("m", Some("soon"), None, now).is_err(),
+        "a bad interval is an error"
+    );
+}

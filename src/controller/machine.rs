@@ -784,6 +784,7 @@ impl Machine<'_> {
         self.status.iterations = 0;
         self.status.failed_checks = 0;
         self.status.last_step_time = None;
+        self.status.traffic_since = None;
         self.status.last_analysis.clear();
         self.clear_hold();
         self.actions.push(Action::ScaleTargetUp);
@@ -919,6 +920,9 @@ impl Machine<'_> {
             }
         }
         self.clear_hold();
+        if first && self.status.traffic_since.is_none() {
+            self.status.traffic_since = Some(self.now.to_rfc3339());
+        }
         self.advance();
     }
 

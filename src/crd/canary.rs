@@ -859,6 +859,12 @@ pub struct CanaryStatus {
     /// Serin extension: when the current step started (RFC 3339); the interval timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_step_time: Option<String>,
+    /// Serin extension: when the current run took its first step (RFC 3339). Metric
+    /// windows (`{{ interval }}`) never reach further back, so that a verdict is
+    /// about this revision's requests, not the previous release's, whose series
+    /// have the same names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_since: Option<String>,
     /// Serin extension: the value of the `serin.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retry: Option<String>,
