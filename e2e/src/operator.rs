@@ -206,6 +206,17 @@ impl Operator {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// SIGKILL, as an OOM kill or a lost node does it: no shutdown code runs, and
+    /// whatever the operator was in the middle of stays half done.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("killing the operator")
+    }
+
+    /// Whether the process has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The operator's process id, for reading its resource use from /proc.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
