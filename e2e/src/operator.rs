@@ -149,7 +149,13 @@ impl Operator {
             .arg(&env.prometheus)
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,serin=debug")
+            // SERIN_E2E_OPERATOR_LOG widens it when a test needs kube's own view
+            // (e.g. `info,serin=debug,kube_runtime=debug` for the watches).
+            .env(
+                "RUST_LOG",
+                std::env::var("SERIN_E2E_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,serin=debug".into()),
+            )
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true);

@@ -120,12 +120,14 @@ fn advances(op: &Operator, name: &str) -> Vec<u64> {
 /// resume, and the release goes on from where it was: every weight is stepped to
 /// exactly once (no step is decided twice from a stale view) and it is promoted.
 ///
-/// Ignored until the bug it found is fixed: twice in three runs the steps after the
-/// restart went on, each once, but the operator's Deployment watch cache then stayed
-/// stale for minutes (the primary was promoted in the API, the cache kept the old
-/// revision, the release held in `promoting`; the other run held "canary not ready"
-/// with its pod ready). A 30 s watch timeout did not help. Run it with
-/// `cargo test -p serin-e2e --test faults_cluster -- --ignored`.
+/// Ignored until the bug it found is fixed. In four runs the steps after the restart
+/// went on, each exactly once, but then the operator's Deployment watch cache stayed
+/// stale for minutes: three times the primary was promoted in the API while the cache
+/// kept the old revision (the release held in `promoting`), once the canary's pod was
+/// ready and the cache said not. With `SERIN_E2E_OPERATOR_LOG=info,kube_runtime=debug`
+/// the watchers get 410 "too old resource version" and retry from the same
+/// resourceVersion again and again, backing off up to 30 s. A 30 s watch timeout did
+/// not help. Run it with `cargo test -p serin-e2e --test faults_cluster -- --ignored`.
 #[tokio::test]
 #[ignore = "open bug: the Deployment watch cache stays stale after an API server restart"]
 async fn api_server_restart_mid_release_resumes_without_repeating_a_step() -> Result<()> {
