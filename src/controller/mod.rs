@@ -6,7 +6,6 @@ pub mod machine;
 pub mod reconcile;
 pub mod status;
 pub mod workload;
-pub mod written;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -298,7 +297,6 @@ async fn run_controller(
                 .map_err(|e| RunError::Startup(format!("probe HTTP client: {e}")))?,
         },
         owned_routes,
-        written: Default::default(),
     });
 
     let (c1, c2, c3, c4, c5) = (

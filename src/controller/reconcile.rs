@@ -91,8 +91,6 @@ pub struct Context {
     /// Watch cache of the routing objects Serin generates, for the routers that take
     /// one: their step writes compare against it instead of a GET.
     pub owned_routes: Option<Arc<dyn router::apply::LiveObjects>>,
-    /// Each Canary's last status write until the watch cache has it.
-    pub written: super::written::Written,
 }
 
 /// How route writes are confirmed on the data plane.
@@ -185,8 +183,6 @@ const BROKEN_RETRY: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
     let start = Instant::now();
-    // Never decide from a status older than the one last written (see `written`).
-    let canary = ctx.written.fresher(&canary).unwrap_or(canary);
     let result = reconcile_inner(&canary, &ctx).await;
     ctx.metrics
         .reconcile_duration
@@ -771,7 +767,6 @@ async fn remove_finalizer(canary: &Canary, ctx: &Context) -> Result<(), Reconcil
         .cloned()
         .collect();
     let patch = serde_json::json!({"metadata": {"finalizers": kept}});
-    ctx.written.forget(canary);
     match api(ctx, &ns)
         .patch(&name, &patch_params(), &Patch::Merge(&patch))
         .await
@@ -800,14 +795,8 @@ async fn write_status(
         .patch_status(&name, &patch_params(), &Patch::Merge(&patch))
         .await
     {
-        Ok(written) => {
-            ctx.written.record(canary, written);
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            ctx.written.forget(canary);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(source) => Err(ReconcileError::Kube {
             context: format!("writing status of canary {ns}/{name}"),
             source,
