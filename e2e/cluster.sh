@@ -8,6 +8,10 @@
 #   e2e/cluster.sh status   show each component
 #   e2e/cluster.sh env      print export lines for scripts and tests (eval them)
 #   e2e/cluster.sh deps     only install/build what is missing (packages, traefik, k8s)
+#   e2e/cluster.sh stop|start|restart COMPONENT
+#                           one of etcd, apiserver, controller-manager, traefik,
+#                           prometheus on a running cluster (fault tests); start
+#                           returns once the component serves again
 #
 # Environment: SERIN_E2E_STATE (default /tmp/serin-e2e), SERIN_E2E_CACHE
 # (default ~/.cache/serin-e2e), SERIN_E2E_CRDS (default e2e/crds/cluster, the
@@ -514,6 +518,18 @@ export SERIN_E2E_BIN_DIR=$TARGET_DIR/debug
 export SERIN_E2E_IMAGE_DIR=$STATE/images
 export SERIN_E2E_APISERVER_POD=https://$HOST_IP:$APISERVER_PORT
 export SERIN_E2E_PROMETHEUS_POD=http://$HOST_IP:$PROM_PORT
+# What this instance runs with, so that 'stop|start|restart COMPONENT' from a shell
+# (or a test) that evaluated this file addresses the same instance.
+export SERIN_E2E_ETCD_PORT=$ETCD_PORT
+export SERIN_E2E_ETCD_PEER_PORT=$ETCD_PEER_PORT
+export SERIN_E2E_APISERVER_PORT=$APISERVER_PORT
+export SERIN_E2E_CM_PORT=$CM_PORT
+export SERIN_E2E_GATEWAY_PORT=$GATEWAY_PORT
+export SERIN_E2E_TRAEFIK_METRICS_PORT=${TRAEFIK_METRICS_ADDR##*:}
+export SERIN_E2E_PROMETHEUS_PORT=$PROM_PORT
+export SERIN_E2E_OPERATOR_METRICS_PORT=${OPERATOR_METRICS_ADDR##*:}
+export SERIN_E2E_BRIDGE=$BRIDGE
+export SERIN_E2E_NETNS_PREFIX=$NETNS_PREFIX
 EOF
 }
 
@@ -524,6 +540,98 @@ check_ports() {
   for a in "$@"; do
     port_free "$a" || die "$name: port ${a##*:} is already in use ($(ss -Hltnp "sport = :${a##*:}" | awk '{print $NF}' | head -1))"
   done
+}
+
+# One function per component, used by `up` (in order) and by `start`/`restart`
+# (one component, e.g. to test how the operator lives through its restart). Each
+# starts the component only when it is not running and waits until it serves.
+start_etcd() {
+  alive etcd && return 0
+  check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
+  spawn etcd etcd --name serin-e2e --data-dir "$STATE/etcd" \
+    --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+    --listen-peer-urls http://127.0.0.1:$ETCD_PEER_PORT --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER_PORT \
+    --initial-cluster serin-e2e=http://127.0.0.1:$ETCD_PEER_PORT
+  wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:$ETCD_PORT/health
+  log "etcd up"
+}
+
+start_apiserver() {
+  local k8s_bin=$1
+  alive apiserver && return 0
+  check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
+  spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:$ETCD_PORT \
+    --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 --insecure-port 0 \
+    --tls-cert-file "$STATE/pki/tls.crt" --tls-private-key-file "$STATE/pki/tls.key" \
+    --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC \
+    --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --enable-admission-plugins NamespaceLifecycle,ServiceAccount,DefaultStorageClass,ResourceQuota,DefaultTolerationSeconds
+  wait_until 90 "kube-apiserver /readyz" apiserver api_ready
+  log "kube-apiserver up"
+}
+
+start_controller_manager() {
+  local k8s_bin=$1
+  alive controller-manager && return 0
+  check_ports kube-controller-manager 127.0.0.1:$CM_PORT
+  spawn controller-manager "$k8s_bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
+    --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
+    --use-service-account-credentials=false \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
+    --controllers '*,-nodelifecycle' --concurrent-deployment-syncs 5 --concurrent-replicaset-syncs 5
+  wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:$CM_PORT/healthz
+  log "kube-controller-manager up"
+}
+
+start_kubelet_sim() {
+  # A rebuilt simulator replaces the running one (its pods are restarted by it).
+  if alive kubelet-sim && [[ $TARGET_DIR/debug/serin-kubelet-sim -nt $STATE/pids/kubelet-sim.pid ]]; then
+    log "kubelet simulator binary changed: restarting it"
+    stop_component kubelet-sim 10
+  fi
+  alive kubelet-sim && return 0
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge || die "could not create bridge $BRIDGE"
+    ip addr add "$BRIDGE_ADDR" dev "$BRIDGE"
+  fi
+  ip link set "$BRIDGE" up
+  write_prometheus_config
+  spawn kubelet-sim "$TARGET_DIR/debug/serin-kubelet-sim" --kubeconfig "$STATE/kubeconfig" \
+    --node-name "$NODE_NAME" --host-ip "$HOST_IP" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
+    --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug" \
+    --image-dir "$STATE/images" --kubernetes-service "$HOST_IP:$APISERVER_PORT" \
+    --forward "$HOST_IP:$APISERVER_PORT=127.0.0.1:$APISERVER_PORT" --forward "$HOST_IP:$PROM_PORT=$PROM_ADDR"
+  wait_until 30 "node $NODE_NAME Ready" kubelet-sim node_ready
+  log "kubelet simulator up (node $NODE_NAME)"
+}
+
+start_traefik() {
+  alive traefik && return 0
+  check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
+  write_traefik_config
+  spawn traefik "$CACHE/venv/bin/traefik" --configFile="$STATE/traefik.yml"
+  wait_until 30 "traefik metrics endpoint" traefik curl -fsS --max-time 1 "http://$TRAEFIK_METRICS_ADDR/metrics"
+  log "traefik up"
+}
+
+start_prometheus() {
+  if alive prometheus; then
+    # A running Prometheus (perhaps started by an older cluster.sh) gets this
+    # script's scrape config; a reload is cheap and idempotent.
+    write_prometheus_config
+    curl -fsS --max-time 5 -X POST "http://$PROM_ADDR/-/reload" >/dev/null ||
+      die "reloading the Prometheus config failed (log: $STATE/logs/prometheus.log)"
+    return 0
+  fi
+  check_ports prometheus "$PROM_ADDR"
+  write_prometheus_config
+  spawn prometheus prometheus --config.file "$STATE/prometheus/prometheus.yml" \
+    --storage.tsdb.path "$STATE/prometheus/data" --web.listen-address "$PROM_ADDR" \
+    --storage.tsdb.retention.time 2h --web.enable-lifecycle
+  wait_until 30 "prometheus /-/ready" prometheus curl -fsS --max-time 1 "http://$PROM_ADDR/-/ready"
+  log "prometheus up"
 }
 
 cmd_up() {
@@ -571,90 +679,17 @@ cmd_up() {
   make_tokens
   write_kubeconfig
 
-  if ! alive etcd; then
-    check_ports etcd 127.0.0.1:$ETCD_PORT 127.0.0.1:$ETCD_PEER_PORT
-    spawn etcd etcd --name serin-e2e --data-dir "$STATE/etcd" \
-      --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
-      --listen-peer-urls http://127.0.0.1:$ETCD_PEER_PORT --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER_PORT \
-      --initial-cluster serin-e2e=http://127.0.0.1:$ETCD_PEER_PORT
-    wait_until 30 "etcd health" etcd curl -fsS --max-time 1 http://127.0.0.1:$ETCD_PORT/health
-    log "etcd up"
-  fi
-
-  if ! alive apiserver; then
-    check_ports kube-apiserver 127.0.0.1:$APISERVER_PORT
-    spawn apiserver "$k8s_bin/kube-apiserver" --etcd-servers http://127.0.0.1:$ETCD_PORT \
-      --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 --insecure-port 0 \
-      --tls-cert-file "$STATE/pki/tls.crt" --tls-private-key-file "$STATE/pki/tls.key" \
-      --token-auth-file "$STATE/tokens.csv" --authorization-mode RBAC \
-      --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
-      --service-account-issuer https://kubernetes.default.svc \
-      --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
-      --enable-admission-plugins NamespaceLifecycle,ServiceAccount,DefaultStorageClass,ResourceQuota,DefaultTolerationSeconds
-    wait_until 90 "kube-apiserver /readyz" apiserver api_ready
-    log "kube-apiserver up"
-  fi
-
-  if ! alive controller-manager; then
-    check_ports kube-controller-manager 127.0.0.1:$CM_PORT
-    spawn controller-manager "$k8s_bin/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
-      --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
-      --use-service-account-credentials=false \
-      --leader-elect=false --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
-      --controllers '*,-nodelifecycle' --concurrent-deployment-syncs 5 --concurrent-replicaset-syncs 5
-    wait_until 30 "kube-controller-manager healthz" controller-manager curl -fsSk --max-time 1 https://127.0.0.1:$CM_PORT/healthz
-    log "kube-controller-manager up"
-  fi
+  start_etcd
+  start_apiserver "$k8s_bin"
+  start_controller_manager "$k8s_bin"
 
   install_crds "$crds"
   log "CRDs installed from $crds"
 
-  # A rebuilt simulator replaces the running one (its pods are restarted by it).
-  if alive kubelet-sim && [[ $TARGET_DIR/debug/serin-kubelet-sim -nt $STATE/pids/kubelet-sim.pid ]]; then
-    log "kubelet simulator binary changed: restarting it"
-    stop_component kubelet-sim 10
-  fi
-  if ! alive kubelet-sim; then
-    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-      ip link add "$BRIDGE" type bridge || die "could not create bridge $BRIDGE"
-      ip addr add "$BRIDGE_ADDR" dev "$BRIDGE"
-    fi
-    ip link set "$BRIDGE" up
-    write_prometheus_config
-    spawn kubelet-sim "$TARGET_DIR/debug/serin-kubelet-sim" --kubeconfig "$STATE/kubeconfig" \
-      --node-name "$NODE_NAME" --host-ip "$HOST_IP" --state-dir "$STATE" --bridge "$BRIDGE" --netns-prefix "$NETNS_PREFIX" \
-      --file-sd "$STATE/prometheus/pods.json" --bin-dir "$TARGET_DIR/debug" \
-      --image-dir "$STATE/images" --kubernetes-service "$HOST_IP:$APISERVER_PORT" \
-      --forward "$HOST_IP:$APISERVER_PORT=127.0.0.1:$APISERVER_PORT" --forward "$HOST_IP:$PROM_PORT=$PROM_ADDR"
-    wait_until 30 "node $NODE_NAME Ready" kubelet-sim node_ready
-    log "kubelet simulator up (node $NODE_NAME)"
-  fi
-
+  start_kubelet_sim
   apply_gateway
-
-  if ! alive traefik; then
-    check_ports traefik "$GATEWAY_ADDR" "$TRAEFIK_METRICS_ADDR"
-    write_traefik_config
-    spawn traefik "$CACHE/venv/bin/traefik" --configFile="$STATE/traefik.yml"
-    wait_until 30 "traefik metrics endpoint" traefik curl -fsS --max-time 1 "http://$TRAEFIK_METRICS_ADDR/metrics"
-    log "traefik up"
-  fi
-
-  if ! alive prometheus; then
-    check_ports prometheus "$PROM_ADDR"
-    write_prometheus_config
-    spawn prometheus prometheus --config.file "$STATE/prometheus/prometheus.yml" \
-      --storage.tsdb.path "$STATE/prometheus/data" --web.listen-address "$PROM_ADDR" \
-      --storage.tsdb.retention.time 2h --web.enable-lifecycle
-    wait_until 30 "prometheus /-/ready" prometheus curl -fsS --max-time 1 "http://$PROM_ADDR/-/ready"
-    log "prometheus up"
-  else
-    # A running Prometheus (perhaps started by an older cluster.sh) gets this
-    # script's scrape config; a reload is cheap and idempotent.
-    write_prometheus_config
-    curl -fsS --max-time 5 -X POST "http://$PROM_ADDR/-/reload" >/dev/null ||
-      die "reloading the Prometheus config failed (log: $STATE/logs/prometheus.log)"
-  fi
+  start_traefik
+  start_prometheus
 
   wait_until 30 "Gateway serin-gateway Programmed by traefik" traefik gateway_programmed
   write_env
@@ -709,14 +744,53 @@ cmd_deps() {
   log "dependencies present (Debian packages, traefik $TRAEFIK_VERSION venv, kubernetes binaries)"
 }
 
+# The components a test may stop and start on their own. The simulator is not one:
+# stopping it takes every pod down with it.
+RESTARTABLE=(etcd apiserver controller-manager traefik prometheus)
+
+restartable() {
+  local c
+  for c in "${RESTARTABLE[@]}"; do [[ $c == "$1" ]] && return 0; done
+  die "usage: $0 stop|start|restart COMPONENT (one of ${RESTARTABLE[*]}), got '${1:-}'"
+}
+
+cmd_stop() {
+  restartable "${1:-}"
+  [[ -f $STATE/env ]] || die "no cluster at $STATE (run e2e/cluster.sh up)"
+  stop_component "$1" 5
+  log "$1 stopped"
+}
+
+cmd_start() {
+  restartable "${1:-}"
+  [[ -f $STATE/env ]] || die "no cluster at $STATE (run e2e/cluster.sh up)"
+  local k8s_bin=""
+  if [[ $1 == apiserver || $1 == controller-manager ]]; then
+    k8s_bin=$(bash "$REPO/e2e/scripts/build-k8s.sh") || die "kubernetes binaries missing (log: $CACHE/build-k8s.log)"
+  fi
+  case $1 in
+  etcd) start_etcd ;;
+  apiserver) start_apiserver "$k8s_bin" ;;
+  controller-manager) start_controller_manager "$k8s_bin" ;;
+  traefik) start_traefik ;;
+  prometheus) start_prometheus ;;
+  esac
+}
+
 case "${1:-}" in
 deps) cmd_deps ;;
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 env) cmd_env ;;
+stop) cmd_stop "${2:-}" ;;
+start) cmd_start "${2:-}" ;;
+restart)
+  cmd_stop "${2:-}"
+  cmd_start "${2:-}"
+  ;;
 *)
-  echo "usage: $0 up|down|status|env|deps" >&2
+  echo "usage: $0 up|down|status|env|deps|stop|start|restart [COMPONENT]" >&2
   exit 2
   ;;
 esac

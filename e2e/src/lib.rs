@@ -12,6 +12,7 @@
 
 pub mod backends;
 pub mod canary;
+pub mod faults;
 pub mod load;
 pub mod operator;
 pub mod webhook;

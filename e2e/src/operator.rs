@@ -149,7 +149,13 @@ impl Operator {
             .arg(&env.prometheus)
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,serin=debug")
+            // SERIN_E2E_OPERATOR_LOG widens it when a test needs kube's own view
+            // (e.g. `info,serin=debug,kube_runtime=debug` for the watches).
+            .env(
+                "RUST_LOG",
+                std::env::var("SERIN_E2E_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,serin=debug".into()),
+            )
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(true);
@@ -204,6 +210,17 @@ impl Operator {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGKILL, as an OOM kill or a lost node does it: no shutdown code runs, and
+    /// whatever the operator was in the middle of stays half done.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("killing the operator")
+    }
+
+    /// Whether the process has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// The operator's process id, for reading its resource use from /proc.

@@ -76,6 +76,19 @@ pub enum AnalysisError {
     Timeout(Duration),
 }
 
+impl AnalysisError {
+    /// The metrics server gave no answer (see [`PromError::is_unavailable`]); a
+    /// check's own timeout counts too.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            AnalysisError::Timeout(_) => true,
+            AnalysisError::Prometheus(p) => p.is_unavailable(),
+            AnalysisError::Backend(b) | AnalysisError::SampleCount(b) => b.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
 /// A Secret's data, key to bytes.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
 
@@ -590,12 +603,34 @@ pub async fn check_metric(
         Ok(t) => t.unwrap_or(DEFAULT_CHECK_TIMEOUT),
         Err(e) => return fail(threshold, e),
     };
+    // A metrics server that is down or too slow is no evidence against the canary:
+    // like no data, the step holds (and fails at the progress deadline) rather than
+    // counting a failed check, so that a Prometheus restart cannot roll back every
+    // release under way. `onNoData: fail` asks for missing evidence to fail.
+    let unavailable = |threshold: Option<String>, e: AnalysisError| {
+        let (verdict, action) = match metric.on_no_data.unwrap_or_default() {
+            OnNoData::Fail => (Verdict::Fail, "onNoData is fail"),
+            OnNoData::Hold | OnNoData::Pass => (
+                Verdict::Inconclusive,
+                "holding until it answers or the progress deadline",
+            ),
+        };
+        CheckStatus {
+            name: metric.name.clone(),
+            kind: CheckKind::Metric,
+            verdict,
+            value: None,
+            threshold,
+            message: Some(format!("metrics server unavailable: {e}; {action}")),
+        }
+    };
     let measured =
         tokio::time::timeout(timeout, measure(ctx, canary, settings, metric, timeout)).await;
     let (value, samples, plan) = match measured {
         Ok(Ok(m)) => m,
+        Ok(Err(e)) if e.is_unavailable() => return unavailable(threshold, e),
         Ok(Err(e)) => return fail(threshold, e),
-        Err(_) => return fail(threshold, AnalysisError::Timeout(timeout)),
+        Err(_) => return unavailable(threshold, AnalysisError::Timeout(timeout)),
     };
     let (verdict, mut message) = judge(
         value,

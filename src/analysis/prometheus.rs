@@ -47,6 +47,17 @@ pub enum PromError {
 }
 
 impl PromError {
+    /// True when the server did not answer the query at all: down, unreachable,
+    /// too slow, or a proxy in front of it saying it is unavailable. Such an error
+    /// says nothing about the canary.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PromError::Timeout { .. } | PromError::Unreachable { .. } => true,
+            PromError::Http { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
     /// True when Prometheus itself says the query is invalid (does not parse).
     pub fn is_bad_query(&self) -> bool {
         matches!(self, PromError::Query { error_type, .. } if error_type == "bad_data")

@@ -789,20 +789,34 @@ async fn bad_input_fails_with_a_reason() {
         "{:?}",
         started.elapsed()
     );
+    // A server that does not answer (down, too slow) is no evidence against the
+    // canary: inconclusive, so the step holds; what the user wrote wrong fails.
+    use Verdict::{Fail, Inconclusive};
     let expect = [
-        "unknown template variable \"nmespace\"",
-        "query rejected (bad_data): 1:5: parse error",
-        "is unreachable",
-        "secret test/nope not found",
-        "provider type \"cloudwatch\" is not supported",
-        "MetricTemplate test/missing not found",
-        "timed out after 500ms",
-        "no threshold",
-        "metrics[typo].timeout",
+        (Fail, "unknown template variable \"nmespace\""),
+        (Fail, "query rejected (bad_data): 1:5: parse error"),
+        (
+            Inconclusive,
+            "metrics server unavailable: query failed: Prometheus at",
+        ),
+        (Fail, "secret test/nope not found"),
+        (Fail, "provider type \"cloudwatch\" is not supported"),
+        (Fail, "MetricTemplate test/missing not found"),
+        (Inconclusive, "timed out after 500ms"),
+        (Fail, "no threshold"),
+        (Fail, "metrics[typo].timeout"),
     ];
     assert_eq!(checks.len(), expect.len());
-    for (check, needle) in checks.iter().zip(expect) {
-        assert_eq!(check.verdict, Verdict::Fail, "{check:?}");
+    for (check, (verdict, needle)) in checks.iter().zip(expect) {
+        assert_eq!(check.verdict, verdict, "{check:?}");
+        if verdict == Inconclusive {
+            let msg = check.message.as_deref().unwrap_or_default();
+            assert!(
+                msg.starts_with("metrics server unavailable: ")
+                    && msg.ends_with("holding until it answers or the progress deadline"),
+                "{msg}"
+            );
+        }
         let msg = check.message.as_deref().unwrap_or_default();
         assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
     }
@@ -1153,5 +1167,96 @@ fn a_window_never_reaches_back_past_the_runs_first_step() {
     assert!(
         run_window("m", Some("soon"), None, now).is_err(),
         "a bad interval is an error"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_metrics_server_is_inconclusive_unless_on_no_data_fails() {
+    // A load balancer in front of a Prometheus that is down answers 503 with a
+    // page of its own; a broken one answers 500.
+    let unavailable = serve(Router::new().fallback(get(|| async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "<html>no healthy upstream</html>",
+        )
+    })))
+    .await;
+    let broken = serve(Router::new().fallback(get(|| async {
+        (StatusCode::INTERNAL_SERVER_ERROR, "<html>oops</html>")
+    })))
+    .await;
+    let templates = FakeTemplates(vec![
+        template(
+            "test",
+            "lb",
+            "up",
+            MetricProvider {
+                r#type: "prometheus".into(),
+                address: Some(unavailable.clone()),
+                ..Default::default()
+            },
+        ),
+        template(
+            "test",
+            "broken",
+            "up",
+            MetricProvider {
+                r#type: "prometheus".into(),
+                address: Some(broken),
+                ..Default::default()
+            },
+        ),
+    ]);
+    let tref = |name: &str, on_no_data: Option<OnNoData>| CanaryMetric {
+        name: format!("{name}-{on_no_data:?}"),
+        template_ref: Some(TemplateRef {
+            name: name.into(),
+            namespace: None,
+        }),
+        threshold_range: Some(ThresholdRange {
+            min: Some(0.0),
+            max: None,
+        }),
+        on_no_data,
+        timeout: Some("2s".into()),
+        ..Default::default()
+    };
+    let c = canary(
+        "istio",
+        vec![
+            tref("lb", None),
+            tref("lb", Some(OnNoData::Fail)),
+            tref("lb", Some(OnNoData::Pass)),
+            tref("broken", None),
+        ],
+        vec![],
+    );
+    let settings = Settings::from_spec(&c.spec, "istio").unwrap();
+    let checks =
+        run_metric_checks(&ctx(None, FakeSecrets::default(), templates), &c, &settings).await;
+    let verdicts: Vec<Verdict> = checks.iter().map(|c| c.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Inconclusive,
+            Verdict::Fail,
+            // Passing a release on a server that does not answer is never safe.
+            Verdict::Inconclusive,
+            Verdict::Fail
+        ],
+        "{checks:?}"
+    );
+    let msg = checks[0].message.as_deref().unwrap_or_default();
+    assert!(
+        msg.contains("metrics server unavailable") && msg.contains("HTTP 503"),
+        "{msg}"
+    );
+    assert!(
+        checks[1]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("onNoData is fail"),
+        "{checks:?}"
     );
 }

@@ -30,6 +30,9 @@ pub enum WebhookError {
     Timeout { timeout: Duration, attempts: u32 },
     #[error("unreachable ({attempts} attempt(s)): {why}")]
     Unreachable { why: String, attempts: u32 },
+    /// Connected, but what came back was not an HTTP response (or was cut off).
+    #[error("answered something that is not HTTP ({attempts} attempt(s)): {why}")]
+    NotHttp { why: String, attempts: u32 },
     #[error("answered HTTP {status} ({attempts} attempt(s)){}", body_suffix(.body))]
     Status {
         status: u16,
@@ -192,6 +195,12 @@ pub async fn call(
             }
             Err(e) if e.is_timeout() => WebhookError::Timeout {
                 timeout: opts.timeout,
+                attempts: attempt,
+            },
+            // "Unreachable" would send the user after the network when the server
+            // is there and speaks garbage.
+            Err(e) if !e.is_connect() && !e.is_builder() => WebhookError::NotHttp {
+                why: error_chain(&e.without_url()),
                 attempts: attempt,
             },
             Err(e) => WebhookError::Unreachable {
@@ -414,5 +423,36 @@ mod tests {
             200
         );
         assert_eq!(seen.hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_speaking_something_else_is_not_called_unreachable() {
+        // A webhook URL pointed at the wrong port: an SSH server greets and hangs up.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+            }
+        });
+        let payload = WebhookPayload::new(&canary(), Phase::Progressing, None);
+        let err = call(
+            &client(),
+            &format!("http://{addr}/gate"),
+            &payload,
+            &opts(1, 2000),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, WebhookError::NotHttp { attempts: 2, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("answered something that is not HTTP"),
+            "{err}"
+        );
     }
 }

@@ -54,6 +54,18 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// See [`PromError::is_unavailable`]: no answer, so no evidence either way.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            BackendError::Prometheus(p) => p.is_unavailable(),
+            BackendError::Timeout { .. } | BackendError::Unreachable { .. } => true,
+            BackendError::Http { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+}
+
 /// A server that answers a check's query with one number, or none.
 pub trait MetricBackend: Send + Sync {
     /// `Ok(None)` is no data: the step is inconclusive, not failed.
