@@ -8,6 +8,7 @@ pub mod duration;
 mod schema;
 mod settings;
 mod template;
+pub mod validate;
 
 pub use alert::{AlertProvider, AlertProviderSpec};
 pub use canary::*;
