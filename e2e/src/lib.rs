@@ -14,6 +14,7 @@ pub mod backends;
 pub mod canary;
 pub mod load;
 pub mod operator;
+pub mod pss;
 pub mod webhook;
 
 use std::collections::BTreeMap;

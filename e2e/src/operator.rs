@@ -206,6 +206,11 @@ impl Operator {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The exit status if the process has ended (crashed), else `None`.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The operator's process id, for reading its resource use from /proc.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
