@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -232,12 +233,12 @@ async fn authed_prometheus(token: String) -> Result<(String, Arc<Mutex<PromSeen>
                 }
             }
             if !ok {
-                return (StatusCode::UNAUTHORIZED, "unauthorized".to_string());
+                return (StatusCode::UNAUTHORIZED, "unauthorized".to_string()).into_response();
             }
             let now = chrono::Utc::now().timestamp() as f64;
             let body = json!({"status": "success", "data": {"resultType": "vector",
                 "result": [{"metric": {}, "value": [now, "1"]}]}});
-            (StatusCode::OK, body.to_string())
+            axum::Json(body).into_response()
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
