@@ -356,16 +356,16 @@ fn analysis(a: &CanaryAnalysis) -> Result<(), SpecError> {
                 ));
             }
         }
+        // An inline query is rendered with the metric's own variables, so unset
+        // means none: `variables.KEY` must be set here, not left to the check.
+        let empty = BTreeMap::new();
+        let vars = Some(m.template_variables.as_ref().unwrap_or(&empty));
         if let Some(q) = &m.query {
             non_empty(&format!("{p}.query"), q)?;
-            query_template(&format!("{p}.query"), q, m.template_variables.as_ref())?;
+            query_template(&format!("{p}.query"), q, vars)?;
         }
         if let Some(q) = &m.sample_count_query {
-            query_template(
-                &format!("{p}.sampleCountQuery"),
-                q,
-                m.template_variables.as_ref(),
-            )?;
+            query_template(&format!("{p}.sampleCountQuery"), q, vars)?;
         }
         if let Some(t) = &m.template_ref {
             dns_subdomain(&format!("{p}.templateRef.name"), &t.name)?;

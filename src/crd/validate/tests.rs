@@ -122,6 +122,26 @@ fn malformed_fields_are_refused_with_their_path() {
                 ..Default::default()
             }])
         }),
+        // Found by the e2e corpus: an inline query's variables were not checked
+        // when the metric set no templateVariables at all.
+        ("spec.analysis.metrics[m].query", |s| {
+            analysis(s).metrics = Some(vec![CanaryMetric {
+                name: "m".into(),
+                query: Some("x{c=\"{{ variables.cluster }}\"}".into()),
+                threshold: Some(1.0),
+                ..Default::default()
+            }])
+        }),
+        ("spec.analysis.metrics[m].sampleCountQuery", |s| {
+            analysis(s).metrics = Some(vec![CanaryMetric {
+                name: "m".into(),
+                query: Some("up".into()),
+                threshold: Some(1.0),
+                min_sample_count: Some(1.0),
+                sample_count_query: Some("n{c=\"{{ variables.c }}\"}".into()),
+                ..Default::default()
+            }])
+        }),
         ("spec.analysis.metrics[m].timeout", |s| {
             analysis(s).metrics = Some(vec![CanaryMetric {
                 name: "m".into(),
