@@ -195,6 +195,14 @@ pub enum CliError {
         #[source]
         source: crate::crd::SpecError,
     },
+    /// A MetricTemplate or AlertProvider that does not decode; `object` is `Kind name`.
+    #[error("{path}: {object}: {source}")]
+    ParseObject {
+        path: String,
+        object: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
     /// A MetricTemplate or AlertProvider; `object` is `Kind name`.
     #[error("{path}: {object}: {source}")]
     InvalidObject {
@@ -445,6 +453,17 @@ fn check_templates_and_providers(
         };
         let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).map_err(parse)?;
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let object = format!(
+            "{kind} {}",
+            value["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let undecodable = |source| CliError::ParseObject {
+            path: path.to_string(),
+            object: object.clone(),
+            source,
+        };
+        // Decoding from text, not from `value`, keeps the field path in the error.
+        let text = serde_yaml::to_string(&value).map_err(parse)?;
         let invalid = |name: Option<String>, source| CliError::InvalidObject {
             path: path.to_string(),
             object: format!("{kind} {}", name.unwrap_or_default()),
@@ -452,13 +471,13 @@ fn check_templates_and_providers(
         };
         match kind {
             "MetricTemplate" => {
-                let t: MetricTemplate = serde_yaml::from_value(value.clone()).map_err(parse)?;
+                let t: MetricTemplate = serde_yaml::from_str(&text).map_err(undecodable)?;
                 validate::metric_template(&t.spec)
                     .map_err(|e| invalid(t.metadata.name.clone(), e))?;
                 templates.insert(t.metadata.name.clone().unwrap_or_default(), t);
             }
             "AlertProvider" => {
-                let a: AlertProvider = serde_yaml::from_value(value.clone()).map_err(parse)?;
+                let a: AlertProvider = serde_yaml::from_str(&text).map_err(undecodable)?;
                 validate::alert_provider(&a.spec)
                     .map_err(|e| invalid(a.metadata.name.clone(), e))?;
             }
@@ -610,6 +629,15 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.contains("AlertProvider a: spec.address"), "{err}");
+        let undecodable =
+            "kind: MetricTemplate\nmetadata: {name: t}\nspec: {provider: {type: [1]}, query: x}\n";
+        let err = validate_manifests("f.yaml", undecodable, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.yaml: MetricTemplate t: spec.provider.type"),
+            "{err}"
+        );
     }
 
     #[test]
