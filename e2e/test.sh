@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo fmt --all -- --check
+scripts/deny.sh
 cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -15,6 +15,7 @@ pub mod canary;
 pub mod faults;
 pub mod load;
 pub mod operator;
+pub mod pss;
 pub mod webhook;
 
 use std::collections::BTreeMap;

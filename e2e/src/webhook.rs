@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::Value;
 
 /// One request the receiver got.
@@ -20,6 +20,8 @@ pub struct WebhookCall {
     pub path: String,
     /// The body as JSON (Value::Null when empty or not JSON).
     pub body: Value,
+    /// Request headers, names lower-cased, for checking credentials were sent.
+    pub headers: Vec<(String, String)>,
     pub at: Instant,
 }
 
@@ -37,7 +39,13 @@ pub struct WebhookReceiver {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> StatusCode {
+async fn handle(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let path = uri.path().to_string();
     let code = s
         .status
@@ -50,6 +58,10 @@ async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: By
             method: method.to_string(),
             path,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
             at: Instant::now(),
         });
     }

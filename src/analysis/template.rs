@@ -109,6 +109,42 @@ pub fn metric_interval(interval: Option<&str>) -> Result<Duration, TemplateError
     Ok(d)
 }
 
+/// The names a query template may refer to besides `variables.KEY`.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "name",
+    "namespace",
+    "target",
+    "service",
+    "ingress",
+    "route",
+    "interval",
+];
+
+/// The placeholder names of `query`, as `render` reads them, without their values:
+/// validation can then refuse a typo before any release runs the query.
+pub fn placeholders(query: &str) -> Result<Vec<String>, TemplateError> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    let mut offset = 0;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or(TemplateError::Unterminated(offset + start))?;
+        names.push(trim_markers(&after[..end]).to_string());
+        let consumed = start + 2 + end + 2;
+        offset += consumed;
+        rest = &rest[consumed..];
+    }
+    Ok(names)
+}
+
+fn trim_markers(inner: &str) -> &str {
+    let inner = inner.trim();
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    inner.strip_suffix('-').unwrap_or(inner).trim()
+}
+
 /// Replaces every `{{ VAR }}` (any whitespace inside the braces, Go's `{{-`/`-}}`
 /// trim markers tolerated) with its value from `model`.
 pub fn render(query: &str, model: &TemplateModel) -> Result<String, TemplateError> {
@@ -121,10 +157,7 @@ pub fn render(query: &str, model: &TemplateModel) -> Result<String, TemplateErro
         let end = after
             .find("}}")
             .ok_or(TemplateError::Unterminated(offset + start))?;
-        let inner = after[..end].trim();
-        let inner = inner.strip_prefix('-').unwrap_or(inner);
-        let inner = inner.strip_suffix('-').unwrap_or(inner).trim();
-        out.push_str(model.lookup(inner)?);
+        out.push_str(model.lookup(trim_markers(&after[..end]))?);
         let consumed = start + 2 + end + 2;
         offset += consumed;
         rest = &rest[consumed..];

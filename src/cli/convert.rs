@@ -226,7 +226,7 @@ spec:
     maxWeight: 50
     metrics:
     - {name: request-duration, thresholdRange: {max: 500}}
-    - {name: errors, templateRef: {name: errs}, onNoData: fail}
+    - {name: errors, templateRef: {name: errs}, thresholdRange: {max: 1}, onNoData: fail}
 ---
 apiVersion: flagger.app/v1beta1
 kind: MetricTemplate

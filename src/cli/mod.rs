@@ -206,6 +206,22 @@ pub enum CliError {
         #[source]
         source: crate::crd::SpecError,
     },
+    /// A MetricTemplate or AlertProvider that does not decode; `object` is `Kind name`.
+    #[error("{path}: {object}: {source}")]
+    ParseObject {
+        path: String,
+        object: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A MetricTemplate or AlertProvider; `object` is `Kind name`.
+    #[error("{path}: {object}: {source}")]
+    InvalidObject {
+        path: String,
+        object: String,
+        #[source]
+        source: Box<crate::crd::SpecError>,
+    },
     #[error("{path}: Canary {name}: {source}")]
     Route {
         path: String,
@@ -366,9 +382,29 @@ pub fn validate_for(
             Some(Capabilities::from_gateway_class(&class, &overrides).map_err(CliError::Features)?)
         }
     };
+    let templates = check_templates_and_providers(path, text)?;
     let mut names = Vec::new();
     for canary in parse_canaries(path, text, provider)? {
         let name = canary.metadata.name.clone().unwrap_or_default();
+        // The operator checks a referenced template against the metric that uses
+        // it (`invalid_reference`); so does `check`, for templates in the same file.
+        for m in canary
+            .spec
+            .analysis
+            .iter()
+            .flat_map(|a| a.metrics.iter().flatten())
+        {
+            let Some(r) = &m.template_ref else { continue };
+            if let Some(t) = templates.get(&r.name) {
+                crate::crd::validate::template_for_metric(m, &r.name, &t.spec).map_err(
+                    |source| CliError::Invalid {
+                        path: path.to_string(),
+                        name: name.clone(),
+                        source,
+                    },
+                )?;
+            }
+        }
         let settings =
             Settings::from_spec(&canary.spec, provider).map_err(|source| CliError::Invalid {
                 path: path.to_string(),
@@ -410,6 +446,56 @@ pub fn validate_for(
         names.push(name);
     }
     Ok(names)
+}
+
+/// Checks the MetricTemplates and AlertProviders of `text` by the operator's rules;
+/// returns the templates by name for the Canaries that refer to them.
+fn check_templates_and_providers(
+    path: &str,
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, crate::crd::MetricTemplate>, CliError> {
+    use crate::crd::{AlertProvider, MetricTemplate, validate};
+    let mut templates = std::collections::BTreeMap::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let parse = |source| CliError::Parse {
+            path: path.to_string(),
+            index,
+            source,
+        };
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).map_err(parse)?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let object = format!(
+            "{kind} {}",
+            value["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let undecodable = |source| CliError::ParseObject {
+            path: path.to_string(),
+            object: object.clone(),
+            source,
+        };
+        // Decoding from text, not from `value`, keeps the field path in the error.
+        let text = serde_yaml::to_string(&value).map_err(parse)?;
+        let invalid = |name: Option<String>, source| CliError::InvalidObject {
+            path: path.to_string(),
+            object: format!("{kind} {}", name.unwrap_or_default()),
+            source: Box::new(source),
+        };
+        match kind {
+            "MetricTemplate" => {
+                let t: MetricTemplate = serde_yaml::from_str(&text).map_err(undecodable)?;
+                validate::metric_template(&t.spec)
+                    .map_err(|e| invalid(t.metadata.name.clone(), e))?;
+                templates.insert(t.metadata.name.clone().unwrap_or_default(), t);
+            }
+            "AlertProvider" => {
+                let a: AlertProvider = serde_yaml::from_str(&text).map_err(undecodable)?;
+                validate::alert_provider(&a.spec)
+                    .map_err(|e| invalid(a.metadata.name.clone(), e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(templates)
 }
 
 pub(crate) fn parse_canaries(
@@ -507,6 +593,62 @@ spec:
             ..traefik
         };
         validate_for("f.yaml", doc, "kubernetes", Some(&overridden)).unwrap();
+    }
+
+    /// `check` refuses what the operator refuses: a malformed MetricTemplate or
+    /// AlertProvider, and a template whose variables its metric does not set.
+    #[test]
+    fn check_refuses_malformed_templates_and_providers() {
+        let tpl = |q: &str| {
+            format!(
+                "apiVersion: serin.dev/v1beta1\nkind: MetricTemplate\nmetadata: {{name: t}}\n\
+                 spec: {{provider: {{type: prometheus}}, query: '{q}'}}\n"
+            )
+        };
+        let canary = r#"---
+apiVersion: serin.dev/v1beta1
+kind: Canary
+metadata: {name: podinfo}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  service: {port: 9898}
+  analysis:
+    interval: 1m
+    iterations: 3
+    metrics: [{name: m, templateRef: {name: t}, thresholdRange: {max: 1}}]
+"#;
+        let ok = format!("{}{canary}", tpl("up"));
+        assert_eq!(
+            validate_manifests("f.yaml", &ok, "kubernetes").unwrap(),
+            ["podinfo"]
+        );
+        let err = validate_manifests("f.yaml", &tpl("{{ nam }}"), "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MetricTemplate t: spec.query"), "{err}");
+        let needs_var = format!("{}{canary}", tpl("x{c=\"{{ variables.c }}\"}"));
+        let err = validate_manifests("f.yaml", &needs_var, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Canary podinfo: spec.analysis.metrics[m].templateVariables"),
+            "{err}"
+        );
+        let alert =
+            "kind: AlertProvider\nmetadata: {name: a}\nspec: {type: slack, address: 'not a url'}\n";
+        let err = validate_manifests("f.yaml", alert, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AlertProvider a: spec.address"), "{err}");
+        let undecodable =
+            "kind: MetricTemplate\nmetadata: {name: t}\nspec: {provider: {type: [1]}, query: x}\n";
+        let err = validate_manifests("f.yaml", undecodable, "kubernetes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.yaml: MetricTemplate t: spec.provider.type"),
+            "{err}"
+        );
     }
 
     #[test]

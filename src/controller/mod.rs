@@ -318,8 +318,6 @@ async fn run_controller(
     let (templates, tpl_stream) = store_of(api_for::<MetricTemplate>(&client, ns), cfg.clone());
     let (services, svc_stream) = store_of(api_for::<Service>(&client, ns), cfg.clone());
     let (providers, provider_stream) = store_of(api_for::<AlertProvider>(&client, ns), cfg.clone());
-    // Alert providers trigger nothing; the stream only keeps the cache current.
-    tasks.spawn(provider_stream.for_each(|_| async {}));
 
     let secret_source = Arc::new(StoreSecrets(secrets.clone()));
     let http = reqwest::Client::builder()
@@ -388,7 +386,8 @@ async fn run_controller(
         admission: Default::default(),
     });
 
-    let (c1, c2, c3, c4, c5) = (
+    let (c1, c2, c3, c4, c5, c6) = (
+        canaries.clone(),
         canaries.clone(),
         canaries.clone(),
         canaries.clone(),
@@ -419,6 +418,11 @@ async fn run_controller(
         })
         .watches_stream(tpl_stream, move |t: MetricTemplate| {
             reconcile::canaries_in_namespace(&c5, t.metadata.namespace.clone())
+        })
+        // A Canary refused for a malformed AlertProvider (`invalid_reference`) is
+        // looked at again as soon as the provider is fixed.
+        .watches_stream(provider_stream, move |p: AlertProvider| {
+            reconcile::canaries_in_namespace(&c6, p.metadata.namespace.clone())
         });
 
     // Ready once every cache has its first full list.

@@ -284,6 +284,10 @@ async fn reconcile_inner(canary: &Canary, ctx: &Context) -> Result<Requeue, Reco
             return Ok(Requeue::requeue(BROKEN_RETRY));
         }
     };
+    if !deleting && let Some((reason, msg)) = invalid_reference(canary, ctx) {
+        report_not_ready(canary, ctx, reason, &msg).await?;
+        return Ok(Requeue::requeue(BROKEN_RETRY));
+    }
 
     let target = find_workload(ctx, &canary.spec.target_ref.kind, &ns, canary.target_name());
     // A target on its way out (its namespace being deleted, say) is not one to hand
@@ -776,6 +780,47 @@ fn other_canary_for_target(
         .filter(|c| key(c) < key(canary))
         .map(|c| c.name_any())
         .min()
+}
+
+/// The MetricTemplates and AlertProviders the Canary names, checked by the same
+/// rules as `kubectl serin check`: a malformed one stops the release before it
+/// starts instead of failing each of its checks or alerts. Missing ones are
+/// reported later (`missing_template`), as before.
+fn invalid_reference(canary: &Canary, ctx: &Context) -> Option<(&'static str, String)> {
+    let ns = canary.namespace_or_default();
+    let analysis = canary.spec.analysis.as_ref()?;
+    for m in analysis.metrics.iter().flatten() {
+        let Some(r) = &m.template_ref else { continue };
+        let tns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+        let Some(t) = ctx
+            .stores
+            .templates
+            .get(&ObjectRef::new(&r.name).within(&tns))
+        else {
+            continue;
+        };
+        let name = format!("{tns}/{}", r.name);
+        if let Err(e) = crate::crd::validate::template_for_metric(m, &name, &t.spec) {
+            return Some(("InvalidMetricTemplate", e.to_string()));
+        }
+    }
+    for a in analysis.alerts.iter().flatten() {
+        let pns = a
+            .provider_ref
+            .namespace
+            .clone()
+            .unwrap_or_else(|| ns.clone());
+        let Some(p) = ctx.notifier.providers.get(&pns, &a.provider_ref.name) else {
+            continue;
+        };
+        if let Err(e) = crate::crd::validate::alert_provider(&p.spec) {
+            return Some((
+                "InvalidAlertProvider",
+                format!("AlertProvider {pns}/{}: {e}", a.provider_ref.name),
+            ));
+        }
+    }
+    None
 }
 
 fn missing_template(canary: &Canary, store: &Store<MetricTemplate>) -> Option<String> {

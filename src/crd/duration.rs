@@ -21,7 +21,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let mut total = Duration::ZERO;
+    // Integer nanoseconds, as Go's time.ParseDuration: a float would turn
+    // `9301270083ms` into 9301270.083000001 s, which prints back differently.
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let num_len = rest
@@ -30,25 +32,46 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         if num_len == 0 {
             return Err(err("expected a number"));
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| err("bad number"))?;
+        let number = &rest[..num_len];
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let secs = match unit {
-            "ns" => value / 1e9,
-            "us" | "µs" => value / 1e6,
-            "ms" => value / 1e3,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
+        let per_unit: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(err("unknown unit (use ms, s, m or h)")),
         };
-        total += Duration::from_secs_f64(secs);
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(err("bad number"));
+        }
+        let too_large = || err("too large");
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        let mut nanos = whole.checked_mul(per_unit).ok_or_else(too_large)?;
+        // Digits past the nanosecond are dropped, as Go does.
+        let mut scale = per_unit;
+        for d in frac.bytes() {
+            scale /= 10;
+            if scale == 0 {
+                break;
+            }
+            nanos += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(nanos).ok_or_else(too_large)?;
     }
-    Ok(total)
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| err("too large"))?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
 /// Formats as Prometheus range notation (`1m`, `30s`, `1500ms`).

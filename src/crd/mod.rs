@@ -9,6 +9,7 @@ mod reference;
 mod schema;
 mod settings;
 mod template;
+pub mod validate;
 
 pub use alert::{AlertProvider, AlertProviderSpec};
 pub use canary::*;

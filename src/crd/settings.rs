@@ -27,14 +27,21 @@ pub enum SpecError {
     StepWeightsNotIncreasing(Vec<u32>),
     #[error("spec.analysis needs iterations (A/B, blue/green) or stepWeight/stepWeights (canary)")]
     NoStrategy,
-    #[error("provider {0} cannot split traffic by weight: use analysis.iterations (blue/green)")]
+    #[error(
+        "spec.analysis.stepWeight: provider {0} cannot split traffic by weight: use analysis.iterations (blue/green)"
+    )]
     WeightsUnsupported(String),
-    #[error("provider {0} cannot route by request match (A/B): use a mesh or gateway provider")]
+    #[error(
+        "spec.analysis.match: provider {0} cannot route by request match (A/B): use a mesh or gateway provider"
+    )]
     MatchUnsupported(String),
-    #[error("provider {0} cannot mirror traffic")]
+    #[error("spec.analysis.mirror: provider {0} cannot mirror traffic")]
     MirrorUnsupported(String),
     #[error("spec.analysis.{field}: {why}")]
     Invalid { field: String, why: String },
+    /// Any field, by its full path (`spec.service.port`, `spec.provider.address`).
+    #[error("{path}: {why}")]
+    Field { path: String, why: String },
 }
 
 /// A routing provider, parsed from `spec.provider` (Flagger's names).
@@ -166,6 +173,7 @@ impl Settings {
             return Err(SpecError::MissingService);
         }
         let analysis = spec.analysis.as_ref().ok_or(SpecError::MissingAnalysis)?;
+        super::validate::canary_fields(spec)?;
         let interval = match analysis.interval.as_deref() {
             Some(i) => parse_duration(i).map_err(|e| SpecError::BadInterval(e.to_string()))?,
             None => Duration::from_secs(60),
@@ -200,9 +208,9 @@ impl Settings {
         }
         for m in analysis.metrics.iter().flatten() {
             if let Some(i) = &m.interval {
-                parse_duration(i).map_err(|e| SpecError::Invalid {
+                positive(i).map_err(|why| SpecError::Invalid {
                     field: format!("metrics[{}].interval", m.name),
-                    why: e.to_string(),
+                    why,
                 })?;
             }
             if m.query.is_none() && m.template_ref.is_none() && !is_builtin_metric(&m.name) {
@@ -214,9 +222,9 @@ impl Settings {
         }
         for w in analysis.webhooks.iter().flatten() {
             if let Some(t) = &w.timeout {
-                parse_duration(t).map_err(|e| SpecError::Invalid {
+                positive(t).map_err(|why| SpecError::Invalid {
                     field: format!("webhooks[{}].timeout", w.name),
-                    why: e.to_string(),
+                    why,
                 })?;
             }
         }
@@ -269,6 +277,19 @@ impl Settings {
             // the target at zero and the primary garbage-collected, the app dark.
             revert_on_deletion: spec.revert_on_deletion.unwrap_or(true),
         })
+    }
+}
+
+/// The runtime refuses a zero interval or timeout (`metric_interval`,
+/// `parse_timeout`), so validation does too; empty is unset there as well.
+fn positive(raw: &str) -> Result<(), String> {
+    if raw.trim().is_empty() {
+        return Ok(());
+    }
+    match parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err(format!("{raw:?} must be above 0")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

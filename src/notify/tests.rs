@@ -416,3 +416,34 @@ async fn proxy_from_secret_carries_the_alert() {
     assert_eq!(got[0].0, "/proxied");
     assert_eq!(got[0].1["canary"], "podinfo");
 }
+
+/// AlertProviders have no skip-verify field (nor does Flagger's): an alert to a
+/// receiver with a certificate nobody vouches for is refused, directly or through
+/// a proxy's own client, and the error names neither the address nor the token.
+#[tokio::test]
+async fn alerts_verify_tls_and_have_no_way_to_turn_it_off() {
+    use crate::analysis::prometheus::tests::serve_tls;
+    let app = Router::new().route("/{*path}", post(|| async { StatusCode::OK }));
+    let addr = serve_tls(app).await;
+    let secret_addr = format!("{addr}/hook-s3cr3t-path");
+    let secrets = Secrets(BTreeMap::from([(
+        ("test".to_string(), "tls".to_string()),
+        BTreeMap::from([
+            ("address".to_string(), secret_addr.clone().into_bytes()),
+            ("token".to_string(), b"tok-s3cr3t".to_vec()),
+        ]),
+    )]));
+    let providers = Providers(vec![provider("hook", "webhook", None, Some("tls"))]);
+    let n = notifier(providers, secrets);
+    let err = n
+        .notify(&canary(vec![("hook", None)]), &failure())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("delivery failed"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "refused for the certificate: {err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+}

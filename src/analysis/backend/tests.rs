@@ -480,3 +480,20 @@ fn credentials_never_show_in_debug() {
     .expect("client");
     assert!(!format!("{g:?}").contains("SECRET"));
 }
+
+/// The graphite, influxdb and SaaS backends share `http_client`: the operator's
+/// verifying client unless the template sets `insecureSkipVerify`.
+#[tokio::test]
+async fn backends_verify_tls_unless_the_template_skips_it() {
+    use crate::analysis::prometheus::tests::{client, serve_tls};
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let addr = serve_tls(app).await;
+    let strict = super::http_client("graphite", &client(), false).unwrap();
+    let err = strict.get(&addr).send().await.unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    let lax = super::http_client("graphite", &client(), true).unwrap();
+    assert_eq!(
+        lax.get(&addr).send().await.unwrap().text().await.unwrap(),
+        "ok"
+    );
+}
