@@ -8,8 +8,8 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::SampleApp;
 use crate::operator::Operator;
+use crate::{ClusterEnv, SampleApp, apply_json};
 
 pub fn canaries(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
@@ -120,4 +120,39 @@ pub async fn wait_phase(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Deploys the sample app the Canary `canary` (JSON) targets with `replicas`, applies
+/// the Canary and waits until it is initialized.
+pub async fn deploy_initialized(
+    env: &ClusterEnv,
+    client: &Client,
+    op: &Operator,
+    canary: &Value,
+    replicas: i32,
+) -> Result<SampleApp> {
+    let ns = canary["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = canary["metadata"]["name"].as_str().unwrap_or_default();
+    let app = SampleApp::new(ns, name, &env.sample_app_command()).replicas(replicas);
+    app.deploy(client).await?;
+    apply_json(client, canary.clone()).await?;
+    wait_phase(
+        &canaries(client, ns),
+        name,
+        "Initialized",
+        Duration::from_secs(60),
+        op,
+    )
+    .await?;
+    Ok(app)
+}
+
+/// `spec.replicas` of a Deployment.
+pub async fn deployment_replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
+    Ok(Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("get deployment {name}"))?
+        .spec
+        .and_then(|s| s.replicas))
 }

@@ -9,13 +9,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, status, wait_phase};
+use serin_e2e::canary::{canaries, deployment_replicas, status, wait_phase};
 use serin_e2e::operator::{Operator, repo_root};
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, process_alive, wait_for};
 
@@ -92,15 +91,6 @@ fn canary(ns: &str, name: &str, provider: &str) -> Value {
     })
 }
 
-async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
-    Ok(Api::<Deployment>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .with_context(|| format!("get deployment {name}"))?
-        .spec
-        .and_then(|s| s.replicas))
-}
-
 #[tokio::test]
 async fn missing_provider_crds_give_a_condition_not_a_crash_and_are_used_once_installed()
 -> Result<()> {
@@ -167,7 +157,7 @@ async fn scenario(env: &ClusterEnv, client: &Client) -> Result<()> {
     // operator is still the same process.
     wait_phase(&api, "plain", "Initialized", Duration::from_secs(60), &op).await?;
     assert_eq!(
-        replicas(client, &ns.name, "meshed").await?,
+        deployment_replicas(client, &ns.name, "meshed").await?,
         Some(1),
         "the target of a Canary that cannot be routed keeps its replicas"
     );

@@ -13,7 +13,9 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
 };
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, release, status, wait_phase, wait_target_at_zero};
+use serin_e2e::canary::{
+    canaries, deployment_replicas, release, status, wait_phase, wait_target_at_zero,
+};
 use serin_e2e::load::{self, LoadReport, Steady};
 use serin_e2e::operator::Operator;
 use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, list_pods, pod_ready, wait_for};
@@ -30,15 +32,6 @@ fn http_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
 
 fn finalizers(c: &DynamicObject) -> Vec<String> {
     c.metadata.finalizers.clone().unwrap_or_default()
-}
-
-async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
-    Ok(Api::<Deployment>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .with_context(|| format!("get deployment {name}"))?
-        .spec
-        .and_then(|s| s.replicas))
 }
 
 /// Waits until the primary Deployment and its pods are gone (the garbage collector
@@ -260,7 +253,10 @@ async fn deleting_a_canary_hands_the_app_back_without_one_failed_request() -> Re
     );
 
     // The user's Deployment serves at its replicas, behind the user's Service and route.
-    assert_eq!(replicas(&client, &ns.name, "web").await?, Some(2));
+    assert_eq!(
+        deployment_replicas(&client, &ns.name, "web").await?,
+        Some(2)
+    );
     serin_e2e::wait_deployment_available(&client, &ns.name, "web", 2, Duration::from_secs(30))
         .await?;
     let pods = list_pods(&client, &ns.name, "app=web").await?;
@@ -325,7 +321,7 @@ async fn revert_on_deletion_false_keeps_flaggers_behaviour() -> Result<()> {
     // Give the operator time to act if it (wrongly) were going to.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        replicas(&client, &ns.name, "app").await?,
+        deployment_replicas(&client, &ns.name, "app").await?,
         Some(0),
         "the target stays at 0, as with Flagger"
     );
@@ -427,7 +423,7 @@ async fn deleting_with_a_target_that_cannot_become_ready_holds_and_says_why() ->
         "the primary serves at its replicas"
     );
     assert_eq!(
-        replicas(&client, &ns.name, "app").await?,
+        deployment_replicas(&client, &ns.name, "app").await?,
         Some(2),
         "the target was given the primary's replicas"
     );
@@ -461,7 +457,7 @@ async fn deleting_with_a_target_that_cannot_become_ready_holds_and_says_why() ->
     .await?;
     wait_primary_gone(&client, &ns.name, "app-primary").await?;
     assert_eq!(
-        replicas(&client, &ns.name, "app").await?,
+        deployment_replicas(&client, &ns.name, "app").await?,
         Some(2),
         "the user's Deployment is kept"
     );

@@ -12,9 +12,9 @@ use anyhow::{Result, bail};
 use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, phase, release, status, wait_phase, weight};
+use serin_e2e::canary::{canaries, deploy_initialized, phase, release, status, wait_phase, weight};
 use serin_e2e::operator::Operator;
-use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json};
+use serin_e2e::{ClusterEnv, TestNamespace, apply_json};
 
 fn gateway_canary(env: &ClusterEnv, ns: &str, name: &str, deadline: u32, analysis: Value) -> Value {
     json!({
@@ -44,29 +44,6 @@ fn prometheus_template(ns: &str, name: &str, address: &str) -> Value {
             "query": "vector(1)"
         }
     })
-}
-
-/// Deploys `name`, applies its Canary and waits until it is initialized.
-async fn initialized(
-    env: &ClusterEnv,
-    client: &Client,
-    op: &Operator,
-    canary: Value,
-) -> Result<SampleApp> {
-    let ns = canary["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = canary["metadata"]["name"].as_str().unwrap_or_default();
-    let app = SampleApp::new(ns, name, &env.sample_app_command());
-    app.deploy(client).await?;
-    apply_json(client, canary.clone()).await?;
-    wait_phase(
-        &canaries(client, ns),
-        name,
-        "Initialized",
-        Duration::from_secs(60),
-        op,
-    )
-    .await?;
-    Ok(app)
 }
 
 /// A TCP proxy to `upstream` that holds every connection for `delay` before
@@ -121,11 +98,11 @@ async fn slow_prometheus_times_out_per_query_and_does_not_stall_other_canaries()
         json!([{"name": "up", "templateRef": {"name": template},
                 "thresholdRange": {"min": 0.5}, "timeout": timeout}])
     };
-    let slow_app = initialized(
+    let slow_app = deploy_initialized(
         &env,
         &client,
         &op,
-        gateway_canary(
+        &gateway_canary(
             &env,
             &ns.name,
             "slow",
@@ -133,13 +110,14 @@ async fn slow_prometheus_times_out_per_query_and_does_not_stall_other_canaries()
             json!({"interval": "2s", "threshold": 1, "stepWeights": [50],
                    "metrics": metric("slow", "6s")}),
         ),
+        1,
     )
     .await?;
-    let fast_app = initialized(
+    let fast_app = deploy_initialized(
         &env,
         &client,
         &op,
-        gateway_canary(
+        &gateway_canary(
             &env,
             &ns.name,
             "fast",
@@ -147,6 +125,7 @@ async fn slow_prometheus_times_out_per_query_and_does_not_stall_other_canaries()
             json!({"interval": "2s", "threshold": 1, "stepWeights": [20, 40, 60, 80],
                    "metrics": metric("direct", "6s")}),
         ),
+        1,
     )
     .await?;
     let api = canaries(&client, &ns.name);
@@ -261,11 +240,11 @@ async fn gated_release_fails(
     name: &str,
     url: &str,
 ) -> Result<(Value, Duration)> {
-    let app = initialized(
+    let app = deploy_initialized(
         env,
         client,
         op,
-        gateway_canary(
+        &gateway_canary(
             env,
             ns,
             name,
@@ -274,6 +253,7 @@ async fn gated_release_fails(
                    "webhooks": [{"name": "gate", "type": "rollout", "url": url,
                                  "timeout": "2s"}]}),
         ),
+        1,
     )
     .await?;
     let api = canaries(client, ns);

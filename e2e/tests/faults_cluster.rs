@@ -11,11 +11,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
-use serin_e2e::canary::{canaries, phase, release, status, wait_phase, weight};
+use serin_e2e::canary::{canaries, deploy_initialized, phase, release, status, wait_phase, weight};
 use serin_e2e::faults::{self, Component};
 use serin_e2e::load::{self, LoadSpec, Steady};
 use serin_e2e::operator::Operator;
-use serin_e2e::{ClusterEnv, SampleApp, TestNamespace, apply_json, wait_for};
+use serin_e2e::{ClusterEnv, TestNamespace, apply_json, wait_for};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -40,29 +40,6 @@ fn gateway_canary(env: &ClusterEnv, ns: &str, name: &str, deadline: u32, analysi
 
 fn host(ns: &str, name: &str) -> String {
     format!("{name}.{ns}.e2e.local")
-}
-
-async fn initialized(
-    env: &ClusterEnv,
-    client: &Client,
-    op: &Operator,
-    canary: Value,
-    replicas: i32,
-) -> Result<SampleApp> {
-    let ns = canary["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = canary["metadata"]["name"].as_str().unwrap_or_default();
-    let app = SampleApp::new(ns, name, &env.sample_app_command()).replicas(replicas);
-    app.deploy(client).await?;
-    apply_json(client, canary.clone()).await?;
-    wait_phase(
-        &canaries(client, ns),
-        name,
-        "Initialized",
-        Duration::from_secs(60),
-        op,
-    )
-    .await?;
-    Ok(app)
 }
 
 /// Waits until `name`'s weight is `w` while Progressing.
@@ -138,11 +115,11 @@ async fn api_server_restart_mid_release_resumes_without_repeating_a_step() -> Re
     let client = env.client().await?;
     let ns = TestNamespace::create(&client, "e2e-apirestart").await?;
     let mut op = Operator::start(&env, &ns.name, &["--provider", "gatewayapi:v1"]).await?;
-    let app = initialized(
+    let app = deploy_initialized(
         &env,
         &client,
         &op,
-        gateway_canary(
+        &gateway_canary(
             &env,
             &ns.name,
             "web",
@@ -225,11 +202,11 @@ async fn prometheus_down_three_intervals_holds_and_fails_only_at_progress_deadli
     let mut apps = Vec::new();
     for (name, deadline) in [("patient", 120), ("hasty", 8)] {
         apps.push(
-            initialized(
+            deploy_initialized(
                 &env,
                 &client,
                 &op,
-                gateway_canary(&env, &ns.name, name, deadline, analysis.clone()),
+                &gateway_canary(&env, &ns.name, name, deadline, analysis.clone()),
                 1,
             )
             .await?,
@@ -342,11 +319,11 @@ async fn traefik_restart_routes_still_apply_and_serve() -> Result<()> {
         ],
     )
     .await?;
-    let app = initialized(
+    let app = deploy_initialized(
         &env,
         &client,
         &op,
-        gateway_canary(
+        &gateway_canary(
             &env,
             &ns.name,
             "web",
